@@ -1,0 +1,268 @@
+// Package config loads and validates the relay's configuration: config.yaml,
+// then the SIGNRELAY_* environment variables. It is checked once at start;
+// the first problem stops the start with a message that names the key.
+package config
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration. Field comments give the YAML key and default.
+type Config struct {
+	// Listen is the address to serve on. listen, default 127.0.0.1:8080.
+	Listen string `yaml:"listen"`
+	// APIKeys are the bearer tokens accepted by POST /sign. api_keys; when
+	// none is configured a random key is generated at start and logged once.
+	APIKeys []string `yaml:"api_keys"`
+	// GeneratedAPIKey is set when APIKeys was empty and a key was made.
+	GeneratedAPIKey bool `yaml:"-"`
+
+	Sign       Sign       `yaml:"sign"`
+	WebSocket  WebSocket  `yaml:"websocket"`
+	RateLimits RateLimits `yaml:"rate_limits"`
+	// TrustedProxies are the addresses or CIDRs of reverse proxies whose
+	// X-Forwarded-For header names the real client. trusted_proxies, default
+	// none: the TCP peer is the client and the header is ignored.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	TLS            TLS      `yaml:"tls"`
+	// ShutdownGrace is how long pending requests may finish after SIGTERM.
+	// shutdown_grace, default 10s.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// LogLevel is debug, info, warn or error. log_level, default info.
+	LogLevel string `yaml:"log_level"`
+}
+
+// Sign holds the limits of POST /sign. Key: sign.
+type Sign struct {
+	DefaultTimeout   Duration `yaml:"default_timeout"`     // default 60s
+	MaxTimeout       Duration `yaml:"max_timeout"`         // default 60s, at most 60s
+	MaxMessageBytes  int      `yaml:"max_message_bytes"`   // default 65536, decoded bytes
+	MaxPendingPerKey int      `yaml:"max_pending_per_key"` // default 64
+}
+
+// WebSocket holds the key-holder side's limits. Key: websocket.
+type WebSocket struct {
+	IntroductionTimeout Duration `yaml:"introduction_timeout"` // default 10s
+	PingInterval        Duration `yaml:"ping_interval"`        // default 20s
+	MaxFrameBytes       int      `yaml:"max_frame_bytes"`      // default 262144
+	// AllowedOrigins, when not empty, is the list of browser origins
+	// (scheme://host[:port]) that may connect; requests without Origin
+	// (non-browser clients) are always allowed.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// SendQueue is how many frames may wait for a slow key holder before its
+	// connection is closed. websocket.send_queue, default 256.
+	SendQueue int `yaml:"send_queue"`
+}
+
+// Limit is a token bucket: Rate events per second, bursts up to Burst.
+type Limit struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+// RateLimits are applied per API key, per public key and per client IP
+// (new WebSocket connections). Key: rate_limits.
+type RateLimits struct {
+	Enabled          bool  `yaml:"enabled"`
+	SignPerAPIKey    Limit `yaml:"sign_per_api_key"`
+	SignPerPublicKey Limit `yaml:"sign_per_public_key"`
+	ConnectionsPerIP Limit `yaml:"connections_per_ip"`
+}
+
+// TLS turns on HTTPS and WSS when both files are set. Key: tls.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// Duration is a time.Duration written as "10s", "1m30s" or "250ms".
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns the configuration used when no file is given.
+func Default() Config {
+	return Config{
+		Listen: "127.0.0.1:8080",
+		Sign: Sign{
+			DefaultTimeout: Duration(60 * time.Second), MaxTimeout: Duration(60 * time.Second),
+			MaxMessageBytes: 65536, MaxPendingPerKey: 64,
+		},
+		WebSocket: WebSocket{
+			IntroductionTimeout: Duration(10 * time.Second), PingInterval: Duration(20 * time.Second),
+			MaxFrameBytes: 262144, SendQueue: 256,
+		},
+		RateLimits: RateLimits{
+			Enabled:          true,
+			SignPerAPIKey:    Limit{Rate: 200, Burst: 400},
+			SignPerPublicKey: Limit{Rate: 20, Burst: 40},
+			ConnectionsPerIP: Limit{Rate: 10, Burst: 50},
+		},
+		ShutdownGrace: Duration(10 * time.Second),
+		LogLevel:      "info",
+	}
+}
+
+// Load reads path over the defaults (a missing file is an error only when
+// required), applies SIGNRELAY_LISTEN and SIGNRELAY_API_KEYS, generates an
+// API key if none is configured, and validates the result.
+func Load(path string, required bool, getenv func(string) string) (Config, error) {
+	cfg := Default()
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := decodeYAML(data, &cfg); err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+	case errors.Is(err, os.ErrNotExist) && !required:
+	default:
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	if v := getenv("SIGNRELAY_LISTEN"); v != "" {
+		cfg.Listen = v
+	}
+	if v, ok := lookup(getenv, "SIGNRELAY_API_KEYS"); ok {
+		cfg.APIKeys = nil
+		for _, k := range strings.Split(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				cfg.APIKeys = append(cfg.APIKeys, k)
+			}
+		}
+	}
+	if len(cfg.APIKeys) == 0 {
+		cfg.APIKeys = []string{newAPIKey()}
+		cfg.GeneratedAPIKey = true
+	}
+	return cfg, cfg.Validate()
+}
+
+func lookup(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+func newAPIKey() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic("config: no randomness for the API key: " + err.Error())
+	}
+	return "sr_" + hex.EncodeToString(b)
+}
+
+// Validate checks every value and returns the first problem, naming its key.
+func (c *Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, args...))
+	}
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
+		return bad("listen", "%q is not host:port", c.Listen)
+	}
+	for i, k := range c.APIKeys {
+		if strings.TrimSpace(k) == "" || k != strings.TrimSpace(k) {
+			return bad(fmt.Sprintf("api_keys[%d]", i), "empty or padded with spaces")
+		}
+	}
+	s := c.Sign
+	if s.MaxTimeout <= 0 || s.MaxTimeout.D() > 60*time.Second {
+		return bad("sign.max_timeout", "%s is out of range (more than 0, at most 60s)", s.MaxTimeout)
+	}
+	if s.DefaultTimeout <= 0 || s.DefaultTimeout > s.MaxTimeout {
+		return bad("sign.default_timeout", "%s is out of range (more than 0, at most sign.max_timeout %s)", s.DefaultTimeout, s.MaxTimeout)
+	}
+	if s.MaxMessageBytes < 1 || s.MaxMessageBytes > 16<<20 {
+		return bad("sign.max_message_bytes", "%d is out of range (1 to 16 MiB)", s.MaxMessageBytes)
+	}
+	if s.MaxPendingPerKey < 1 || s.MaxPendingPerKey > 100000 {
+		return bad("sign.max_pending_per_key", "%d is out of range (1 to 100000)", s.MaxPendingPerKey)
+	}
+	w := c.WebSocket
+	if w.IntroductionTimeout <= 0 || w.IntroductionTimeout.D() > 5*time.Minute {
+		return bad("websocket.introduction_timeout", "%s is out of range (more than 0, at most 5m)", w.IntroductionTimeout)
+	}
+	if w.PingInterval.D() < 100*time.Millisecond || w.PingInterval.D() > 10*time.Minute {
+		return bad("websocket.ping_interval", "%s is out of range (100ms to 10m)", w.PingInterval)
+	}
+	if w.MaxFrameBytes < 512 || w.MaxFrameBytes > 64<<20 {
+		return bad("websocket.max_frame_bytes", "%d is out of range (512 to 64 MiB)", w.MaxFrameBytes)
+	}
+	if w.SendQueue < 8 || w.SendQueue > 1<<16 {
+		return bad("websocket.send_queue", "%d is out of range (8 to 65536)", w.SendQueue)
+	}
+	for i, o := range w.AllowedOrigins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" {
+			return bad(fmt.Sprintf("websocket.allowed_origins[%d]", i), "%q is not an origin like https://example.com", o)
+		}
+	}
+	if c.RateLimits.Enabled {
+		for key, l := range map[string]Limit{
+			"rate_limits.sign_per_api_key":    c.RateLimits.SignPerAPIKey,
+			"rate_limits.sign_per_public_key": c.RateLimits.SignPerPublicKey,
+			"rate_limits.connections_per_ip":  c.RateLimits.ConnectionsPerIP,
+		} {
+			if l.Rate <= 0 || l.Burst < 1 {
+				return bad(key, "rate must be more than 0 and burst at least 1 (or set rate_limits.enabled: false)")
+			}
+		}
+	}
+	for i, p := range c.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			return bad(fmt.Sprintf("trusted_proxies[%d]", i), "%q is not an IP address or CIDR", p)
+		}
+	}
+	if c.TLS.Enabled() {
+		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
+			return bad("tls", "set both cert_file and key_file, or neither")
+		}
+		for key, f := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile} {
+			if _, err := os.Stat(f); err != nil {
+				return bad(key, "%v", err)
+			}
+		}
+	}
+	if c.ShutdownGrace < 0 || c.ShutdownGrace.D() > 10*time.Minute {
+		return bad("shutdown_grace", "%s is out of range (0 to 10m)", c.ShutdownGrace)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	return nil
+}
+
+// ParsePrefix accepts an address ("10.0.0.1") or a CIDR ("10.0.0.0/8").
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// MinFrameBytes is the frame size a sign_response for a message of
+// MaxMessageBytes needs; a smaller max_frame_bytes makes large requests
+// unanswerable, which the relay warns about at start.
+func (c *Config) MinFrameBytes() int {
+	return 2*((c.Sign.MaxMessageBytes+2)/3*4) + 512
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }

@@ -1,0 +1,98 @@
+package httpapi
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/signrelay/signrelay/signing"
+)
+
+// HTTP error codes of the contract, plus a few of ours for routing errors.
+const (
+	codeInvalidRequest   = "invalid_request"
+	codeUnauthorized     = "unauthorized"
+	codeRejected         = "rejected"
+	codeNotConnected     = "not_connected"
+	codeMessageTooLarge  = "message_too_large"
+	codeRateLimited      = "rate_limited"
+	codeInvalidSignature = "invalid_signature"
+	codeUnavailable      = "unavailable"
+	codeTimeout          = "timeout"
+	codeRequesterGone    = "requester_gone"
+	codeForbiddenOrigin  = "forbidden_origin"
+	codeUpgradeRequired  = "upgrade_required"
+	codeNotFound         = "not_found"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeInternal         = "internal_error"
+)
+
+// signErrors is the one table that maps signing's errors to the contract.
+var signErrors = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{signing.ErrNotConnected, fiber.StatusNotFound, codeNotConnected},
+	{signing.ErrRejected, fiber.StatusForbidden, codeRejected},
+	{signing.ErrTimeout, fiber.StatusGatewayTimeout, codeTimeout},
+	{signing.ErrInvalidSignature, fiber.StatusBadGateway, codeInvalidSignature},
+	{signing.ErrShuttingDown, fiber.StatusServiceUnavailable, codeUnavailable},
+	{signing.ErrTooManyPending, fiber.StatusServiceUnavailable, codeUnavailable},
+	// Nobody reads this one: the backend closed its connection.
+	{signing.ErrRequesterGone, 499, codeRequesterGone},
+}
+
+func mapSignError(err error) (int, string) {
+	for _, e := range signErrors {
+		if errors.Is(err, e.err) {
+			return e.status, e.code
+		}
+	}
+	return fiber.StatusInternalServerError, codeInternal
+}
+
+type errorBody struct {
+	Error     errorDetail `json:"error"`
+	RequestID string      `json:"request_id,omitempty"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Reason is the key holder's own words when it declined.
+	Reason *string `json:"reason,omitempty"`
+}
+
+func writeError(c *fiber.Ctx, status int, code, message, requestID string) error {
+	return c.Status(status).JSON(errorBody{Error: errorDetail{Code: code, Message: message}, RequestID: requestID})
+}
+
+// errorHandler renders Fiber's own errors (unknown route, body over the
+// limit, bad request line) in the contract's shape.
+func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
+	status, code, msg := fiber.StatusInternalServerError, codeInternal, "internal error"
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		status, msg = fe.Code, fe.Message
+		switch fe.Code {
+		case fiber.StatusNotFound:
+			code, msg = codeNotFound, "no such endpoint"
+		case fiber.StatusMethodNotAllowed:
+			code = codeMethodNotAllowed
+		case fiber.StatusRequestEntityTooLarge:
+			code, msg = codeMessageTooLarge, "request body is larger than the configured limit"
+		case fiber.StatusUpgradeRequired:
+			code = codeUpgradeRequired
+		default:
+			code = strings.ReplaceAll(strings.ToLower(fiber.ErrBadRequest.Message), " ", "_")
+			if fe.Code != fiber.StatusBadRequest {
+				code = strings.ReplaceAll(strings.ToLower(fiber.NewError(fe.Code).Message), " ", "_")
+			}
+		}
+	} else {
+		s.log.Error("unhandled error", "path", c.Path(), "err", err)
+	}
+	return writeError(c, status, code, msg, "")
+}

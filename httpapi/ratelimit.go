@@ -1,0 +1,64 @@
+package httpapi
+
+import (
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/signrelay/signrelay/config"
+)
+
+// keyedLimiter is a token bucket per key (API key, public key, client IP).
+// Buckets that have refilled are swept lazily, so memory stays bounded by
+// the keys active in the last refill period.
+type keyedLimiter struct {
+	limit rate.Limit
+	burst int
+	every time.Duration // how often full buckets are swept
+
+	mu sync.Mutex
+	// guards the following fields
+	buckets   map[string]*rate.Limiter
+	lastSweep time.Time
+}
+
+func newKeyedLimiter(l config.Limit) *keyedLimiter {
+	refill := time.Duration(float64(l.Burst) / l.Rate * float64(time.Second))
+	return &keyedLimiter{
+		limit: rate.Limit(l.Rate), burst: l.Burst,
+		every:   max(refill, time.Minute),
+		buckets: make(map[string]*rate.Limiter),
+	}
+}
+
+// allow takes one token for key. When none is left it returns how long until
+// one is, rounded up to whole seconds for Retry-After.
+func (k *keyedLimiter) allow(key string) (ok bool, retryAfter int) {
+	if k == nil {
+		return true, 0
+	}
+	now := time.Now()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if now.Sub(k.lastSweep) > k.every {
+		for key, b := range k.buckets {
+			if b.TokensAt(now) >= float64(k.burst) {
+				delete(k.buckets, key)
+			}
+		}
+		k.lastSweep = now
+	}
+	b := k.buckets[key]
+	if b == nil {
+		b = rate.NewLimiter(k.limit, k.burst)
+		k.buckets[key] = b
+	}
+	r := b.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, max(1, int(math.Ceil(d.Seconds())))
+	}
+	return true, 0
+}

@@ -1,0 +1,213 @@
+// Package httpapi is the relay's network face: the Fiber app with GET /ws for
+// key holders, POST /sign for backends, GET /healthz and the embedded page at
+// "/". It turns the wire into calls on signing.Service and the service's
+// errors into the contract's status codes.
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/contrib/websocket"
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/filesystem"
+
+	"github.com/signrelay/signrelay/config"
+	"github.com/signrelay/signrelay/registry"
+	"github.com/signrelay/signrelay/signing"
+	"github.com/signrelay/signrelay/web"
+)
+
+// Server is one relay node. Create it with New, run it with Serve, stop it
+// with Shutdown.
+type Server struct {
+	cfg            config.Config
+	log            *slog.Logger
+	app            *fiber.App
+	reg            *registry.Registry
+	svc            *signing.Service
+	apiKeys        [][sha256.Size]byte
+	trustedProxies []netip.Prefix
+	tlsConfig      *tls.Config
+
+	perAPIKey    *keyedLimiter // nil when rate limits are off
+	perPublicKey *keyedLimiter
+	perIP        *keyedLimiter
+
+	draining atomic.Bool
+
+	mu sync.Mutex
+	// guards the following fields
+	conns     map[*holderConn]struct{} // every open WebSocket, introduced or not
+	closing   bool                     // no new WebSockets are tracked
+	connsDone chan struct{}            // closed when closing and conns is empty
+}
+
+// New builds a Server from a validated configuration.
+func New(cfg config.Config, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := registry.New()
+	s := &Server{
+		cfg: cfg,
+		log: log,
+		reg: reg,
+		svc: signing.New(reg, signing.Options{
+			DefaultTimeout:   cfg.Sign.DefaultTimeout.D(),
+			MaxTimeout:       cfg.Sign.MaxTimeout.D(),
+			MaxPendingPerKey: cfg.Sign.MaxPendingPerKey,
+			Logger:           log,
+		}),
+		conns:     make(map[*holderConn]struct{}),
+		connsDone: make(chan struct{}),
+	}
+	for _, k := range cfg.APIKeys {
+		s.apiKeys = append(s.apiKeys, sha256.Sum256([]byte(k)))
+	}
+	for _, p := range cfg.TrustedProxies {
+		prefix, err := config.ParsePrefix(p)
+		if err != nil {
+			return nil, err
+		}
+		s.trustedProxies = append(s.trustedProxies, prefix)
+	}
+	if cfg.RateLimits.Enabled {
+		s.perAPIKey = newKeyedLimiter(cfg.RateLimits.SignPerAPIKey)
+		s.perPublicKey = newKeyedLimiter(cfg.RateLimits.SignPerPublicKey)
+		s.perIP = newKeyedLimiter(cfg.RateLimits.ConnectionsPerIP)
+	}
+	if cfg.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, errors.New("config: tls: " + err.Error())
+		}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	s.app = fiber.New(fiber.Config{
+		AppName:               "signrelay",
+		DisableStartupMessage: true,
+		BodyLimit:             bodyLimit(cfg.Sign.MaxMessageBytes),
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           2 * time.Minute,
+		ErrorHandler:          s.errorHandler,
+	})
+	s.app.Get("/healthz", s.handleHealth)
+	s.app.Post("/sign", s.handleSign)
+	s.app.Get("/ws", s.checkUpgrade, websocket.New(s.handleWS, websocket.Config{
+		ReadBufferSize:  1024,
+		WriteBufferSize: 1024,
+		// Idle connections hold no write buffer.
+		WriteBufferPool: &sync.Pool{},
+	}))
+	s.app.Use("/", securityHeaders, filesystem.New(filesystem.Config{
+		Root:   http.FS(web.Files),
+		Index:  "index.html",
+		MaxAge: 300,
+	}))
+	s.app.Use(func(c *fiber.Ctx) error { return fiber.ErrNotFound })
+	return s, nil
+}
+
+// bodyLimit admits a body carrying the largest allowed message in base64
+// plus the other fields, so that larger messages get a clear 413.
+func bodyLimit(maxMessage int) int {
+	return (maxMessage+2)/3*4 + 16<<10
+}
+
+func securityHeaders(c *fiber.Ctx) error {
+	c.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+	c.Set("X-Content-Type-Options", "nosniff")
+	c.Set("Referrer-Policy", "no-referrer")
+	return c.Next()
+}
+
+// Service exposes the signing service, for in-process embedding and tests.
+func (s *Server) Service() *signing.Service { return s.svc }
+
+// Registry exposes the registry of live key holders.
+func (s *Server) Registry() *registry.Registry { return s.reg }
+
+// Serve accepts connections on ln until Shutdown; with TLS configured it
+// serves HTTPS and WSS.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.tlsConfig != nil {
+		ln = tls.NewListener(ln, s.tlsConfig)
+	}
+	return s.app.Listener(ln)
+}
+
+func (s *Server) handleHealth(c *fiber.Ctx) error {
+	if s.draining.Load() {
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down"})
+	}
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
+// Shutdown stops the relay without losing a request silently: health turns
+// 503 and new work is refused; pending requests get up to shutdown_grace to
+// finish; the rest end with 503 and sign_cancel "shutdown"; key-holder
+// sockets close with 1001; then the HTTP server stops. ctx bounds the whole.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	grace, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace.D())
+	finished := s.svc.Drain(grace)
+	cancel()
+	if !finished {
+		s.log.Info("shutdown grace over; cancelling pending requests", "pending", s.svc.Pending())
+	}
+	s.svc.Close()
+
+	s.mu.Lock()
+	s.closing = true
+	conns := make([]*holderConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	if len(s.conns) == 0 {
+		close(s.connsDone)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.closeWith(1001, "relay shutting down")
+	}
+	select {
+	case <-s.connsDone:
+	case <-ctx.Done():
+	}
+	return s.app.ShutdownWithContext(ctx)
+}
+
+// track registers an open WebSocket for shutdown; false once closing.
+func (s *Server) track(c *holderConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *holderConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
+	delete(s.conns, c)
+	if s.closing && len(s.conns) == 0 {
+		close(s.connsDone)
+	}
+}

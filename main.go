@@ -1,0 +1,91 @@
+// Command signrelay runs the signing relay: backends ask for Ed25519
+// signatures with POST /sign, key holders connected over WebSocket give them.
+// This file only wires configuration, logging, the server and signals.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/signrelay/signrelay/config"
+	"github.com/signrelay/signrelay/httpapi"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "signrelay:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	path := flag.String("config", "config.yaml", "configuration file (YAML)")
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+
+	cfg, err := config.Load(*path, explicit, os.Getenv)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if cfg.GeneratedAPIKey {
+		log.Warn("no api_keys configured; generated one for this run", "api_key", cfg.APIKeys[0])
+	}
+	for i, k := range cfg.APIKeys {
+		if len(k) < 16 {
+			log.Warn("api key is short and may be guessable; use 16 characters or more", "index", i)
+		}
+	}
+	if need := cfg.MinFrameBytes(); cfg.WebSocket.MaxFrameBytes < need {
+		log.Warn("websocket.max_frame_bytes is too small to answer the largest message", "have", cfg.WebSocket.MaxFrameBytes, "need", need)
+	}
+
+	srv, err := httpapi.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	scheme := "http"
+	if cfg.TLS.Enabled() {
+		scheme = "https"
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String()+"/")
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case err := <-serveErr:
+		return err
+	case sig := <-sigs:
+		log.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D()+10*time.Second)
+	defer cancel()
+	go func() {
+		<-sigs
+		log.Warn("second signal: exiting now")
+		os.Exit(1)
+	}()
+	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

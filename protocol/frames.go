@@ -1,0 +1,247 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Frame type names, the "type" field of every WebSocket frame.
+const (
+	TypeChallenge    = "challenge"
+	TypeIntroduction = "introduction"
+	TypeIntroduced   = "introduced"
+	TypeSignRequest  = "sign_request"
+	TypeSignResponse = "sign_response"
+	TypeSignReject   = "sign_reject"
+	TypeSignCancel   = "sign_cancel"
+	TypeError        = "error"
+)
+
+// Reasons carried by sign_cancel.
+const (
+	CancelTimeout           = "timeout"
+	CancelAnsweredElsewhere = "answered_elsewhere"
+	CancelRequesterGone     = "requester_gone"
+	CancelShutdown          = "shutdown"
+)
+
+// Error codes sent to key holders in error frames. The contract names
+// introduction_failed and invalid_signature; the rest are ours, documented in
+// docs/protocol.md.
+const (
+	CodeIntroductionFailed = "introduction_failed" // then the socket closes with 4401
+	CodeInvalidSignature   = "invalid_signature"   // sign_response that does not verify or echoes another message
+	CodeMalformedFrame     = "malformed_frame"     // not JSON, binary, missing or ill-typed field, bad base64
+	CodeUnknownType        = "unknown_type"        // a "type" the relay does not know
+	CodeUnknownRequest     = "unknown_request"     // request_id not pending for this connection
+	CodeAlreadyIntroduced  = "already_introduced"  // a second introduction on one connection
+)
+
+// WebSocket close codes of the contract.
+const (
+	CloseGoingAway          = 1001 // relay shutting down
+	ClosePolicyViolation    = 1008 // too many bad frames, or a peer too slow to read
+	CloseMessageTooBig      = 1009 // frame over websocket.max_frame_bytes
+	CloseIntroductionFailed = 4401 // challenge not answered correctly in time
+)
+
+// Sizes fixed by the contract.
+const (
+	NonceSize          = 32
+	SignatureSize      = 64
+	MaxDescriptionRune = 256
+	MaxTimeoutMS       = 60000
+)
+
+// ReservedPrefix starts every message the relay itself has key holders sign.
+// POST /sign refuses messages with it, so a backend can never obtain an
+// introduction signature through a sign request.
+const ReservedPrefix = "signing-relay/"
+
+const introductionContext = ReservedPrefix + "v1/introduction:"
+
+// IntroductionMessage returns the bytes a key holder signs to answer nonce.
+func IntroductionMessage(nonce []byte) []byte {
+	msg := make([]byte, 0, len(introductionContext)+len(nonce))
+	msg = append(msg, introductionContext...)
+	return append(msg, nonce...)
+}
+
+// Challenge is the relay's first frame on every connection.
+type Challenge struct {
+	Type  string `json:"type"`
+	Nonce Bytes  `json:"nonce"`
+}
+
+// Introduction answers the challenge and proves possession of PublicKey.
+type Introduction struct {
+	Type      string `json:"type"`
+	PublicKey Bytes  `json:"public_key" validate:"required,len=32"`
+	Signature Bytes  `json:"signature" validate:"required,len=64"`
+}
+
+// Introduced confirms an introduction; SessionID names this connection.
+type Introduced struct {
+	Type      string    `json:"type"`
+	PublicKey PublicKey `json:"public_key"`
+	SessionID string    `json:"session_id"`
+}
+
+// SignRequest asks a key holder to sign Message.
+type SignRequest struct {
+	Type        string `json:"type"`
+	RequestID   string `json:"request_id"`
+	Message     Bytes  `json:"message"`
+	Description string `json:"description"`
+	ExpiresAt   string `json:"expires_at"`
+}
+
+// SignResponse approves a request; Message must echo the requested bytes.
+type SignResponse struct {
+	Type      string `json:"type"`
+	RequestID string `json:"request_id" validate:"required,uuid"`
+	Message   Bytes  `json:"message" validate:"required"`
+	Signature Bytes  `json:"signature" validate:"required,len=64"`
+}
+
+// SignReject declines a request; Reason may be empty or absent.
+type SignReject struct {
+	Type      string `json:"type"`
+	RequestID string `json:"request_id" validate:"required,uuid"`
+	Reason    string `json:"reason"`
+}
+
+// SignCancel tells a key holder that a request ended without its answer.
+type SignCancel struct {
+	Type      string `json:"type"`
+	RequestID string `json:"request_id"`
+	Reason    string `json:"reason"`
+}
+
+// ErrorFrame reports a problem with something the key holder sent.
+type ErrorFrame struct {
+	Type      string `json:"type"`
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// FrameError is why a key holder's frame was refused, in the wire's terms.
+type FrameError struct {
+	Code      string
+	Message   string
+	RequestID string // set when the frame carried a readable request_id
+}
+
+func (e *FrameError) Error() string { return e.Code + ": " + e.Message }
+
+// Frame returns the error frame that reports e to the key holder.
+func (e *FrameError) Frame() []byte { return EncodeError(e.Code, e.Message, e.RequestID) }
+
+// ErrBinaryFrame is returned for binary WebSocket frames, which the contract forbids.
+var ErrBinaryFrame = &FrameError{Code: CodeMalformedFrame, Message: "binary frames are not accepted; send JSON in text frames"}
+
+// DecodeHolderFrame parses one text frame from a key holder into
+// *Introduction, *SignResponse or *SignReject. Any other input gives a
+// *FrameError with the code to send back. Unknown fields are ignored.
+func DecodeHolderFrame(data []byte) (any, error) {
+	var env struct {
+		Type *string `json:"type"`
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: "frame must be a JSON object"}
+	}
+	if err := json.Unmarshal(data, &env); err != nil {
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: "invalid JSON: " + jsonErrText(err)}
+	}
+	if env.Type == nil {
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: `missing string field "type"`}
+	}
+	var v any
+	switch *env.Type {
+	case TypeIntroduction:
+		v = new(Introduction)
+	case TypeSignResponse:
+		v = new(SignResponse)
+	case TypeSignReject:
+		v = new(SignReject)
+	default:
+		return nil, &FrameError{Code: CodeUnknownType, Message: fmt.Sprintf("unknown frame type %q", *env.Type), RequestID: peekRequestID(data)}
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: jsonErrText(err), RequestID: peekRequestID(data)}
+	}
+	if err := Validate(v); err != nil {
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error(), RequestID: peekRequestID(data)}
+	}
+	return v, nil
+}
+
+// peekRequestID recovers a well-formed request_id from a frame that failed
+// to decode, so that the error can name the request it concerns.
+func peekRequestID(data []byte) string {
+	var v struct {
+		RequestID string `json:"request_id" validate:"uuid"`
+	}
+	if json.Unmarshal(data, &v) != nil || Validate(&v) != nil {
+		return ""
+	}
+	return v.RequestID
+}
+
+// jsonErrText turns encoding/json errors into a sentence that names the field.
+func jsonErrText(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return fmt.Sprintf("field %q has the wrong type (%s)", te.Field, te.Value)
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%s at byte %d", se.Error(), se.Offset)
+	}
+	return err.Error()
+}
+
+func mustMarshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("protocol: encoding a frame cannot fail: " + err.Error())
+	}
+	return b
+}
+
+// EncodeChallenge builds the challenge frame for nonce.
+func EncodeChallenge(nonce []byte) []byte {
+	return mustMarshal(Challenge{Type: TypeChallenge, Nonce: nonce})
+}
+
+// EncodeIntroduced builds the frame that confirms an introduction.
+func EncodeIntroduced(key PublicKey, sessionID string) []byte {
+	return mustMarshal(Introduced{Type: TypeIntroduced, PublicKey: key, SessionID: sessionID})
+}
+
+// EncodeSignRequest builds a sign_request; expiresAt is sent in UTC, RFC 3339
+// with milliseconds.
+func EncodeSignRequest(requestID string, message []byte, description string, expiresAt time.Time) []byte {
+	return mustMarshal(SignRequest{
+		Type: TypeSignRequest, RequestID: requestID, Message: message,
+		Description: description, ExpiresAt: FormatTime(expiresAt),
+	})
+}
+
+// EncodeSignCancel builds a sign_cancel with one of the Cancel* reasons.
+func EncodeSignCancel(requestID, reason string) []byte {
+	return mustMarshal(SignCancel{Type: TypeSignCancel, RequestID: requestID, Reason: reason})
+}
+
+// EncodeError builds an error frame; requestID may be empty.
+func EncodeError(code, message, requestID string) []byte {
+	return mustMarshal(ErrorFrame{Type: TypeError, Code: code, Message: message, RequestID: requestID})
+}
+
+// FormatTime is the wire's time format: RFC 3339 in UTC with milliseconds.
+func FormatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }

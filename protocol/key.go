@@ -1,0 +1,114 @@
+// Package protocol defines the relay's wire contract (see docs/protocol.md):
+// frame types, strict decoding and validation, base64 helpers and the bytes a
+// key holder signs to introduce itself. It does no I/O and imports nothing
+// else of the project, so every other package and outside client can share it.
+package protocol
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+)
+
+// PublicKey is an Ed25519 public key. It is a comparable value so that it can
+// key maps directly, and it can only be made from exactly 32 bytes.
+type PublicKey struct{ k [ed25519.PublicKeySize]byte }
+
+// ErrBadBase64 reports a value that is not standard, padded base64.
+var ErrBadBase64 = errors.New("not standard base64 with padding")
+
+// ErrKeyLength reports a public key that does not decode to 32 bytes.
+var ErrKeyLength = errors.New("public key must be 32 bytes")
+
+// PublicKeyFromBytes copies b into a PublicKey.
+func PublicKeyFromBytes(b []byte) (PublicKey, error) {
+	var pk PublicKey
+	if len(b) != len(pk.k) {
+		return pk, ErrKeyLength
+	}
+	copy(pk.k[:], b)
+	return pk, nil
+}
+
+// ParsePublicKey decodes a key from the wire's base64 form.
+func ParsePublicKey(s string) (PublicKey, error) {
+	b, err := DecodeBase64(s)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	return PublicKeyFromBytes(b)
+}
+
+// Bytes returns the raw key as crypto/ed25519 wants it.
+func (k PublicKey) Bytes() ed25519.PublicKey { return append(ed25519.PublicKey(nil), k.k[:]...) }
+
+// Array returns the raw key by value, without allocating.
+func (k PublicKey) Array() [ed25519.PublicKeySize]byte { return k.k }
+
+// IsZero reports whether k was never set.
+func (k PublicKey) IsZero() bool { return k == PublicKey{} }
+
+// String is the wire form: standard base64 with padding.
+func (k PublicKey) String() string { return base64.StdEncoding.EncodeToString(k.k[:]) }
+
+// ShortString is a short, log-friendly prefix of the key ("k:AbCd1234").
+func (k PublicKey) ShortString() string { return "k:" + k.String()[:8] }
+
+// Verify reports whether sig is a valid Ed25519 signature of msg by k.
+func (k PublicKey) Verify(msg, sig []byte) bool {
+	return len(sig) == ed25519.SignatureSize && ed25519.Verify(k.k[:], msg, sig)
+}
+
+// MarshalJSON encodes the key in its wire form.
+func (k PublicKey) MarshalJSON() ([]byte, error) { return json.Marshal(k.String()) }
+
+// DecodeBase64 decodes standard, padded base64 strictly: no line breaks, no
+// URL alphabet, no missing padding and no stray bits in the last character.
+func DecodeBase64(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, ErrBadBase64
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, ErrBadBase64
+	}
+	return b, nil
+}
+
+// EncodeBase64 is the wire encoding of binary values.
+func EncodeBase64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// Bytes is a binary value carried on the wire as strict standard base64.
+// Decoding fails on anything else, so a frame with bad base64 is rejected as a
+// whole. A missing or null field leaves it nil; "" gives an empty, non-nil value.
+type Bytes []byte
+
+// UnmarshalJSON decodes a JSON string of strict standard base64.
+func (b *Bytes) UnmarshalJSON(data []byte) error {
+	if string(data) == "null" {
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		return errors.New("must be a base64 string")
+	}
+	v, err := DecodeBase64(s)
+	if err != nil {
+		return err
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	*b = v
+	return nil
+}
+
+// MarshalJSON encodes b as a JSON string of standard base64.
+func (b Bytes) MarshalJSON() ([]byte, error) {
+	out := make([]byte, 0, base64.StdEncoding.EncodedLen(len(b))+2)
+	out = append(out, '"')
+	out = base64.StdEncoding.AppendEncode(out, b)
+	return append(out, '"'), nil
+}

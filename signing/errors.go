@@ -1,0 +1,36 @@
+package signing
+
+import "errors"
+
+// Outcomes of Sign other than success. The HTTP layer maps each to one status
+// code of the contract in a single table; errors.Is matches them.
+var (
+	// ErrNotConnected: no live connection holds the key when the request starts.
+	ErrNotConnected = errors.New("no live connection holds that public key")
+	// ErrTimeout: no valid answer before the request's deadline.
+	ErrTimeout = errors.New("no valid answer before the deadline")
+	// ErrRejected: a key holder declined; the error is a *RejectedError.
+	ErrRejected = errors.New("the key holder declined")
+	// ErrInvalidSignature: every live connection of the key answered with a
+	// signature that does not verify (or echoed another message).
+	ErrInvalidSignature = errors.New("the key holder answered with an invalid signature")
+	// ErrShuttingDown: the relay is stopping and takes no more requests.
+	ErrShuttingDown = errors.New("the relay is shutting down")
+	// ErrTooManyPending: the key already has the configured maximum of pending requests.
+	ErrTooManyPending = errors.New("too many requests are pending for that key")
+	// ErrRequesterGone: the caller cancelled its context (the backend went away).
+	ErrRequesterGone = errors.New("the requester went away")
+)
+
+// RejectedError carries the reason a key holder gave with sign_reject.
+type RejectedError struct{ Reason string }
+
+func (e *RejectedError) Error() string {
+	if e.Reason == "" {
+		return ErrRejected.Error()
+	}
+	return ErrRejected.Error() + ": " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrRejected) true.
+func (e *RejectedError) Is(target error) bool { return target == ErrRejected }

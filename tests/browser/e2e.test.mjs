@@ -1,0 +1,442 @@
+// End-to-end tests of the browser key holder: headless Chromium (Debian's
+// package, driven by playwright-core) against a real relay built and started
+// by the test. All traffic stays on 127.0.0.1.
+//
+// Run: node --test tests/browser/e2e.test.mjs
+// Environment:
+//   CHROMIUM_PATH  browser to drive (default /usr/bin/chromium)
+//   SIGNRELAY_BIN  use this relay binary instead of building one with `go build`
+// Screenshots go to test-artifacts/ at the repository root.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import { once } from "node:events";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { chromium } from "playwright-core";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const ARTIFACTS = path.join(REPO, "test-artifacts");
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const API_KEY = "e2e-test-key-0123456789abcdef";
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
+
+const STEP_MS = 15_000; // any single wait on the page or the relay
+const TEST_MS = 60_000; // any single test
+
+const sel = (testid) => `[data-testid="${testid}"]`;
+
+// ---------------------------------------------------------------------------
+// The relay under test.
+
+async function buildRelay(dir) {
+  if (process.env.SIGNRELAY_BIN) return process.env.SIGNRELAY_BIN;
+  const bin = path.join(dir, "signrelay");
+  await promisify(execFile)("go", ["build", "-o", bin, "."], { cwd: REPO, timeout: 300_000 });
+  return bin;
+}
+
+class Relay {
+  constructor(bin, dir) {
+    this.bin = bin;
+    this.dir = dir;
+    this.proc = null;
+    this.log = "";
+    this.addr = null;
+  }
+
+  get url() {
+    return `http://${this.addr}`;
+  }
+
+  get port() {
+    return this.addr.split(":").pop();
+  }
+
+  /** Starts the relay and resolves once it logs the address it listens on. */
+  async start(listen = "127.0.0.1:0") {
+    const config = path.join(this.dir, "config.yaml");
+    await fs.writeFile(
+      config,
+      [
+        `listen: ${listen}`,
+        `api_keys: ["${API_KEY}"]`,
+        "rate_limits: { enabled: false }",
+        "shutdown_grace: 3s",
+        "",
+      ].join("\n"),
+    );
+    const proc = spawn(this.bin, ["-config", config], { stdio: ["ignore", "pipe", "pipe"] });
+    this.proc = proc;
+    const exited = once(proc, "exit");
+    this.exited = exited;
+    proc.stdout.on("data", (d) => (this.log += d));
+    const listening = new Promise((resolve) => {
+      proc.stderr.on("data", (d) => {
+        this.log += d;
+        const m = /msg=listening addr=(\S+)/.exec(this.log.slice(this.log.lastIndexOf("msg=listening")));
+        if (m) resolve(m[1]);
+      });
+    });
+    const failed = exited.then(([code]) => {
+      throw new Error(`relay exited with ${code} before listening:\n${this.log}`);
+    });
+    this.addr = await withTimeout(Promise.race([listening, failed]), "relay to listen", STEP_MS);
+  }
+
+  /** SIGTERM, as an operator or a service manager would stop it. */
+  async stop() {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill("SIGTERM");
+    try {
+      await withTimeout(this.exited, "relay to exit after SIGTERM", STEP_MS);
+    } catch (err) {
+      this.proc.kill("SIGKILL");
+      throw err;
+    }
+  }
+}
+
+function withTimeout(promise, what, ms) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// ---------------------------------------------------------------------------
+// Backend side: POST /sign as a backend would call it.
+
+/** Starts a POST /sign; the promise resolves to {status, body} when the call ends. */
+function postSign(relay, { publicKey, message, description = "", timeoutMs }) {
+  const body = { public_key: publicKey, message: Buffer.from(message).toString("base64"), description };
+  if (timeoutMs !== undefined) body.timeout_ms = timeoutMs;
+  return fetch(`${relay.url}/sign`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(70_000),
+  }).then(async (res) => ({ status: res.status, body: await res.json() }));
+}
+
+async function verifyEd25519(publicKeyB64, message, signatureB64) {
+  const key = await crypto.subtle.importKey("raw", Buffer.from(publicKeyB64, "base64"), { name: "Ed25519" }, false, [
+    "verify",
+  ]);
+  return crypto.subtle.verify({ name: "Ed25519" }, key, Buffer.from(signatureB64, "base64"), message);
+}
+
+// ---------------------------------------------------------------------------
+// Page helpers.
+
+const pageErrors = [];
+
+async function openPage(context, relay) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on("pageerror", (err) => pageErrors.push(`${page.url()}: ${err.message}`));
+  await page.goto(`${relay.url}/`);
+  await waitConnected(page);
+  return page;
+}
+
+function waitConnected(page) {
+  return page.locator(`${sel("conn-state")}[data-state="connected"]`).waitFor();
+}
+
+async function shownPublicKey(page) {
+  const text = (await page.locator(sel("public-key")).textContent()).trim();
+  assert.equal(Buffer.from(text, "base64").length, 32, `shown public key ${text}`);
+  return text;
+}
+
+function card(page, description) {
+  return page.locator(sel("request-card"), { hasText: description });
+}
+
+function screenshot(page, name) {
+  return page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+// ---------------------------------------------------------------------------
+
+describe("browser key holder against a real relay", { timeout: 600_000 }, () => {
+  let tmp;
+  let relay;
+  let browser;
+  let context; // shared by most tests: same IndexedDB, so the same key
+  let page;
+
+  before(
+    async () => {
+      await fs.access(CHROMIUM).catch(() => {
+        throw new Error(`no browser at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH)`);
+      });
+      tmp = await fs.mkdtemp(path.join(os.tmpdir(), "signrelay-e2e-"));
+      await fs.mkdir(ARTIFACTS, { recursive: true });
+      relay = new Relay(await buildRelay(tmp), tmp);
+      await relay.start();
+      browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 60_000 });
+      context = await browser.newContext({ viewport: { width: 1024, height: 900 } });
+    },
+    { timeout: 400_000 },
+  );
+
+  after(async () => {
+    await browser?.close();
+    await relay?.stop().catch(() => relay.proc?.kill("SIGKILL"));
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+    assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+  });
+
+  test("the page loads, shows a key and connects", { timeout: TEST_MS }, async () => {
+    page = await openPage(context, relay);
+    await shownPublicKey(page);
+    assert.match(await page.locator(sel("conn-state")).textContent(), /Connected/);
+    await page.locator("#requests-empty").waitFor();
+    await screenshot(page, "01-connected");
+  });
+
+  test("a POST /sign shows a card; Approve returns a signature that verifies", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(page);
+    const message = new TextEncoder().encode("transfer 25 EUR to account 42");
+    const pending = postSign(relay, { publicKey, message, description: "Payment #1001" });
+
+    const c = card(page, "Payment #1001");
+    await c.waitFor();
+    assert.equal(await c.locator(sel("request-message")).textContent(), "transfer 25 EUR to account 42");
+    assert.match(await c.locator(sel("message-info")).textContent(), /UTF-8 text, 29 bytes/);
+    assert.match(await c.locator(sel("countdown")).textContent(), /Expires in \d+ s|Expires in 1 min/);
+    await screenshot(page, "02-request");
+
+    await c.locator(sel("approve")).click();
+    const { status, body } = await pending;
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.equal(body.public_key, publicKey);
+    assert.equal(body.message, Buffer.from(message).toString("base64"));
+    assert.ok(await verifyEd25519(publicKey, message, body.signature), "signature verifies against the shown key");
+
+    await c.waitFor({ state: "detached" });
+    await page.locator(`${sel("history-item")}[data-outcome="signed"]`, { hasText: "Payment #1001" }).waitFor();
+    await screenshot(page, "03-signed");
+  });
+
+  test("Reject (from the keyboard) makes POST /sign answer 403", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(page);
+    const pending = postSign(relay, {
+      publicKey,
+      message: new TextEncoder().encode("delete all backups"),
+      description: "Suspicious request",
+    });
+    const c = card(page, "Suspicious request");
+    await c.waitFor();
+    await c.locator(sel("reject")).focus();
+    await page.keyboard.press("Enter");
+
+    const { status, body } = await pending;
+    assert.equal(status, 403, JSON.stringify(body));
+    assert.equal(body.error.code, "rejected");
+    await c.waitFor({ state: "detached" });
+    await page.locator(`${sel("history-item")}[data-outcome="rejected"]`, { hasText: "Suspicious request" }).waitFor();
+  });
+
+  test("several requests wait at once; binary messages are shown as hex", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(page);
+    const binary = new Uint8Array([0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0xff, 0x80]);
+    const first = postSign(relay, {
+      publicKey,
+      message: new TextEncoder().encode("release v2.4.0\nchecksum ok ✓"),
+      description: "Release signing",
+    });
+    const second = postSign(relay, { publicKey, message: binary, description: "Firmware blob" });
+
+    const text = card(page, "Release signing");
+    const hex = card(page, "Firmware blob");
+    await text.waitFor();
+    await hex.waitFor();
+    assert.equal(await page.locator(sel("request-card")).count(), 2);
+    assert.equal(await hex.locator(sel("request-message")).textContent(), "de ad be ef 00 01 ff 80");
+    assert.match(await hex.locator(sel("message-info")).textContent(), /hex .*8 bytes/);
+    assert.match(await text.locator(sel("message-info")).textContent(), /UTF-8 text, 30 bytes/);
+    await screenshot(page, "04-two-requests");
+    await page.setViewportSize({ width: 375, height: 812 });
+    await screenshot(page, "05-phone");
+    await page.setViewportSize({ width: 1024, height: 900 });
+
+    await hex.locator(sel("approve")).click();
+    await text.locator(sel("reject")).click();
+    const [a, b] = await Promise.all([second, first]);
+    assert.equal(a.status, 200, JSON.stringify(a.body));
+    assert.ok(await verifyEd25519(publicKey, binary, a.body.signature));
+    assert.equal(b.status, 403, JSON.stringify(b.body));
+    await page.locator(sel("request-card")).first().waitFor({ state: "detached" });
+  });
+
+  test("a short timeout_ms removes the card with the timeout reason", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(page);
+    const pending = postSign(relay, {
+      publicKey,
+      message: new TextEncoder().encode("nobody answers this"),
+      description: "Short-lived request",
+      timeoutMs: 2500,
+    });
+    const c = card(page, "Short-lived request");
+    await c.waitFor();
+    await c.waitFor({ state: "detached" });
+    const notice = page.locator(`${sel("notice")}[data-reason="timeout"]`, { hasText: "Short-lived request" });
+    await notice.waitFor();
+    assert.match(await notice.textContent(), /timed out/);
+    await page.locator(`${sel("history-item")}[data-outcome="timed out"]`).first().waitFor();
+
+    const { status, body } = await pending;
+    assert.equal(status, 504, JSON.stringify(body));
+    assert.equal(body.error.code, "timeout");
+    await screenshot(page, "06-timed-out");
+  });
+
+  test("the key survives a reload", { timeout: TEST_MS }, async () => {
+    const before = await shownPublicKey(page);
+    await page.reload();
+    await waitConnected(page);
+    assert.equal(await shownPublicKey(page), before);
+  });
+
+  test("two tabs with the same key both show a request; answering in one removes it from the other", { timeout: TEST_MS }, async () => {
+    const second = await openPage(context, relay);
+    const publicKey = await shownPublicKey(page);
+    assert.equal(await shownPublicKey(second), publicKey, "tabs share the stored key");
+
+    const message = new TextEncoder().encode("approve me once");
+    const pending = postSign(relay, { publicKey, message, description: "Two-tab request" });
+    await card(page, "Two-tab request").waitFor();
+    await card(second, "Two-tab request").waitFor();
+
+    await card(page, "Two-tab request").locator(sel("approve")).click();
+    const { status, body } = await pending;
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.ok(await verifyEd25519(publicKey, message, body.signature));
+
+    await card(second, "Two-tab request").waitFor({ state: "detached" });
+    const notice = second.locator(`${sel("notice")}[data-reason="answered_elsewhere"]`, { hasText: "Two-tab request" });
+    await notice.waitFor();
+    assert.match(await notice.textContent(), /another tab/);
+    await screenshot(second, "07-answered-in-other-tab");
+    await second.close();
+  });
+
+  test("after the relay restarts, the page reconnects by itself", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(page);
+    const port = relay.port;
+
+    // A request still waiting when the relay shuts down ends for both sides.
+    const pending = postSign(relay, {
+      publicKey,
+      message: new TextEncoder().encode("caught by the shutdown"),
+      description: "Interrupted request",
+    });
+    await card(page, "Interrupted request").waitFor();
+    await relay.stop();
+    const { status, body } = await pending;
+    assert.equal(status, 503, JSON.stringify(body));
+    assert.equal(body.error.code, "unavailable");
+    await card(page, "Interrupted request").waitFor({ state: "detached" });
+    await page.locator(`${sel("notice")}[data-reason="shutdown"]`, { hasText: "Interrupted request" }).waitFor();
+
+    await page.locator(`${sel("conn-state")}[data-state="reconnecting"]`).waitFor();
+    assert.match(await page.locator(sel("conn-state")).textContent(), /reconnecting/i);
+    await screenshot(page, "08-reconnecting");
+
+    await relay.start(`127.0.0.1:${port}`);
+    await page.locator(`${sel("conn-state")}[data-state="connected"]`).waitFor({ timeout: 40_000 });
+
+    // The new relay process knows the page again: a request reaches it.
+    const message = new TextEncoder().encode("after the restart");
+    const again = postSign(relay, { publicKey, message, description: "After restart" });
+    await card(page, "After restart").locator(sel("approve")).click();
+    const res = await again;
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.ok(await verifyEd25519(publicKey, message, res.body.signature));
+    await screenshot(page, "09-reconnected");
+  });
+
+  test("new key and forget key ask for confirmation", { timeout: TEST_MS }, async () => {
+    const own = await browser.newContext({ viewport: { width: 1024, height: 900 } });
+    try {
+      const p = await openPage(own, relay);
+      const first = await shownPublicKey(p);
+
+      await p.locator(sel("new-key")).click();
+      const dialog = p.locator(sel("confirm-dialog"));
+      await dialog.waitFor();
+      await screenshot(p, "10-confirm-new-key");
+      await p.locator(sel("confirm-cancel")).click();
+      await dialog.waitFor({ state: "hidden" });
+      assert.equal(await shownPublicKey(p), first, "cancel keeps the key");
+
+      await p.locator(sel("new-key")).click();
+      await p.locator(sel("confirm-ok")).click();
+      await p.waitForFunction(
+        ([s, old]) => document.querySelector(s).textContent.trim() !== old,
+        [sel("public-key"), first],
+      );
+      await waitConnected(p);
+      const second = await shownPublicKey(p);
+      assert.notEqual(second, first);
+
+      // The old key is gone from the relay's point of view too.
+      const res = await postSign(relay, { publicKey: first, message: new TextEncoder().encode("x") });
+      assert.equal(res.status, 404, JSON.stringify(res.body));
+
+      await p.locator(sel("forget-key")).click();
+      await p.locator(sel("confirm-ok")).click();
+      await p.locator(sel("create-key")).waitFor();
+      await p.locator(`${sel("conn-state")}[data-state="nokey"]`).waitFor();
+      await screenshot(p, "11-no-key");
+      await p.reload();
+      await waitConnected(p);
+      assert.notEqual(await shownPublicKey(p), second, "a forgotten key does not come back");
+    } finally {
+      await own.close();
+    }
+  });
+
+  test("a browser without Ed25519 gets a clear message", { timeout: TEST_MS }, async () => {
+    const own = await browser.newContext({ viewport: { width: 1024, height: 700 } });
+    try {
+      // Stands in for an older browser: Ed25519 key generation is refused.
+      await own.addInitScript(() => {
+        const generateKey = SubtleCrypto.prototype.generateKey;
+        SubtleCrypto.prototype.generateKey = function (algorithm, ...rest) {
+          const name = typeof algorithm === "string" ? algorithm : algorithm && algorithm.name;
+          if (String(name).toLowerCase() === "ed25519") {
+            return Promise.reject(new DOMException("Algorithm: Unrecognized name", "NotSupportedError"));
+          }
+          return generateKey.call(this, algorithm, ...rest);
+        };
+      });
+      const p = await own.newPage();
+      p.setDefaultTimeout(STEP_MS);
+      await p.goto(`${relay.url}/`);
+      const banner = p.locator(sel("unsupported"));
+      await banner.waitFor();
+      assert.match(await banner.textContent(), /Ed25519/);
+      assert.equal(await p.locator(sel("public-key")).isVisible(), false);
+      await screenshot(p, "12-unsupported");
+    } finally {
+      await own.close();
+    }
+  });
+});

@@ -1,0 +1,618 @@
+// Unit tests of web/relay-client.js: its pure helpers, its key helpers on
+// Node's WebCrypto, and the client against a small in-process fake relay.
+// Run: node --test tests/browser/unit.test.mjs
+
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import nodeCrypto from "node:crypto";
+import { WebSocket, WebSocketServer } from "ws";
+
+import {
+  INTRODUCTION_CONTEXT,
+  ProtocolError,
+  RelayClient,
+  backoffDelay,
+  checkSupport,
+  decodeBase64,
+  encodeBase64,
+  exportPublicKey,
+  formatByteCount,
+  generateKeyPair,
+  introductionMessage,
+  parseFrame,
+  parseRfc3339,
+  relayUrlFor,
+  renderMessage,
+  signBytes,
+  verifySignature,
+} from "../../web/relay-client.js";
+
+const bytes = (...values) => new Uint8Array(values);
+const utf8 = (text) => new TextEncoder().encode(text);
+
+/** Verifies with node:crypto rather than the module, so the module does not grade itself. */
+function nodeVerify(publicKeyB64, message, signature) {
+  const spkiPrefix = Buffer.from("302a300506032b6570032100", "hex");
+  const key = nodeCrypto.createPublicKey({
+    key: Buffer.concat([spkiPrefix, Buffer.from(publicKeyB64, "base64")]),
+    format: "der",
+    type: "spki",
+  });
+  return nodeCrypto.verify(null, Buffer.from(message), key, Buffer.from(signature));
+}
+
+describe("base64", () => {
+  test("round-trips every length around a block", () => {
+    for (let n = 0; n < 10; n++) {
+      const data = Uint8Array.from({ length: n }, (_, i) => (i * 37 + 200) & 0xff);
+      const text = encodeBase64(data);
+      assert.equal(text, Buffer.from(data).toString("base64"));
+      assert.deepEqual(decodeBase64(text), data);
+    }
+  });
+
+  test("encodes large inputs and ArrayBuffers", () => {
+    const big = nodeCrypto.randomBytes(200_000);
+    assert.equal(encodeBase64(new Uint8Array(big)), big.toString("base64"));
+    assert.equal(encodeBase64(bytes(1, 2, 3).buffer), "AQID");
+  });
+
+  test("accepts only standard padded canonical base64", () => {
+    for (const bad of ["YQ", "YQ=", "YW J j", "YWJj\n", "-_8=", "YR==", "YWJ=", "=", "Y===", "YWJjZA", null, 42]) {
+      assert.throws(() => decodeBase64(bad), TypeError, `should refuse ${JSON.stringify(bad)}`);
+    }
+    assert.deepEqual(decodeBase64(""), bytes());
+    assert.deepEqual(decodeBase64("+/8="), bytes(0xfb, 0xff));
+  });
+});
+
+describe("introductionMessage", () => {
+  test("is the ASCII context followed by the raw nonce", () => {
+    const nonce = Uint8Array.from({ length: 32 }, (_, i) => i);
+    const msg = introductionMessage(nonce);
+    assert.equal(INTRODUCTION_CONTEXT, "signing-relay/v1/introduction:");
+    assert.equal(msg.length, 30 + 32);
+    assert.equal(Buffer.from(msg.subarray(0, 30)).toString("ascii"), INTRODUCTION_CONTEXT);
+    assert.deepEqual(msg.subarray(30), nonce);
+  });
+
+  test("refuses nonces that are not 32 bytes", () => {
+    assert.throws(() => introductionMessage(new Uint8Array(31)), TypeError);
+    assert.throws(() => introductionMessage(new Uint8Array(33)), TypeError);
+    assert.throws(() => introductionMessage("x".repeat(32)), TypeError);
+  });
+});
+
+describe("renderMessage", () => {
+  test("shows printable UTF-8 as text with its byte count", () => {
+    assert.deepEqual(renderMessage(utf8("deploy v1.2 to prod")), {
+      kind: "text",
+      text: "deploy v1.2 to prod",
+      byteLength: 19,
+    });
+    const r = renderMessage(utf8("héllo ✓\n\tnext line"));
+    assert.equal(r.kind, "text");
+    assert.equal(r.byteLength, 21, "bytes, not characters");
+    assert.equal(renderMessage(utf8("family: 👩‍👩‍👧")).kind, "text", "emoji joiners are fine");
+  });
+
+  test("shows invalid UTF-8 as hex", () => {
+    assert.deepEqual(renderMessage(bytes(0xde, 0xad, 0xbe, 0xef)), {
+      kind: "hex",
+      text: "de ad be ef",
+      byteLength: 4,
+    });
+    assert.equal(renderMessage(bytes(0x61, 0xc3)).kind, "hex", "truncated sequence");
+  });
+
+  test("shows text with hidden characters as hex", () => {
+    assert.equal(renderMessage(utf8("a\u0000b")).kind, "hex", "NUL");
+    assert.equal(renderMessage(utf8("pay \u202Eevil")).kind, "hex", "bidi override");
+    assert.equal(renderMessage(utf8("\u200Bzero width")).kind, "hex", "zero-width space");
+    assert.equal(renderMessage(utf8("\uFEFFbom")).kind, "hex", "a leading BOM is not dropped silently");
+    assert.equal(renderMessage(utf8("esc\u001b[31m")).kind, "hex", "terminal escape");
+    assert.equal(renderMessage(utf8("c1 \u0085")).kind, "hex", "C1 control");
+  });
+
+  test("formats byte counts", () => {
+    assert.equal(formatByteCount(1), "1 byte");
+    assert.equal(formatByteCount(0), "0 bytes");
+    assert.equal(formatByteCount(65536), "65,536 bytes");
+  });
+});
+
+describe("backoffDelay", () => {
+  const limits = { minMs: 500, maxMs: 30000 };
+
+  test("doubles per attempt between half and all of the nominal delay", () => {
+    for (let attempt = 0; attempt < 6; attempt++) {
+      const nominal = 500 * 2 ** attempt;
+      assert.equal(backoffDelay(attempt, limits, () => 0), nominal / 2);
+      assert.equal(backoffDelay(attempt, limits, () => 0.999999), Math.round(nominal * 0.9999995));
+    }
+  });
+
+  test("is capped by maxMs, even for huge attempt numbers", () => {
+    assert.equal(backoffDelay(10, limits, () => 0.999999), 30000);
+    assert.equal(backoffDelay(5000, limits, () => 0), 15000);
+    assert.equal(backoffDelay(-3, limits, () => 0), 250);
+  });
+
+  test("spreads clients with real randomness", () => {
+    const seen = new Set(Array.from({ length: 50 }, () => backoffDelay(3, limits)));
+    assert.ok(seen.size > 10);
+    for (const d of seen) assert.ok(d >= 2000 && d <= 4000, `${d} out of range`);
+  });
+});
+
+describe("relayUrlFor", () => {
+  test("uses wss on https and ws on http, same host and port", () => {
+    assert.equal(relayUrlFor({ protocol: "https:", host: "relay.example:8443" }), "wss://relay.example:8443/ws");
+    assert.equal(relayUrlFor({ protocol: "http:", host: "127.0.0.1:8080" }), "ws://127.0.0.1:8080/ws");
+  });
+});
+
+describe("parseRfc3339", () => {
+  test("reads Go's RFC 3339 forms", () => {
+    assert.equal(parseRfc3339("2025-03-04T05:06:07Z").toISOString(), "2025-03-04T05:06:07.000Z");
+    assert.equal(parseRfc3339("2025-03-04T05:06:07.123456789Z").toISOString(), "2025-03-04T05:06:07.123Z");
+    assert.equal(parseRfc3339("2025-03-04T07:06:07.5+02:00").toISOString(), "2025-03-04T05:06:07.500Z");
+    assert.equal(parseRfc3339("2025-03-04T00:06:07-05:00").toISOString(), "2025-03-04T05:06:07.000Z");
+  });
+
+  test("refuses anything else", () => {
+    for (const bad of ["2025-03-04", "2025-03-04 05:06:07Z", "2025-02-30T00:00:00Z", "2025-03-04T25:00:00Z", "yesterday", 1, undefined]) {
+      assert.equal(parseRfc3339(bad), null, String(bad));
+    }
+  });
+});
+
+describe("parseFrame", () => {
+  const nonce = encodeBase64(new Uint8Array(32).fill(7));
+  const pk = encodeBase64(new Uint8Array(32).fill(1));
+  const request = {
+    type: "sign_request",
+    request_id: "9b2f8c1e-0000-4000-8000-000000000001",
+    message: encodeBase64(utf8("hello")),
+    description: "greeting",
+    expires_at: "2030-01-01T00:00:00Z",
+  };
+
+  test("decodes the frames of the contract", () => {
+    assert.deepEqual(parseFrame(JSON.stringify({ type: "challenge", nonce })), {
+      type: "challenge",
+      nonce: new Uint8Array(32).fill(7),
+    });
+    assert.deepEqual(parseFrame(JSON.stringify({ type: "introduced", public_key: pk, session_id: "s1" })), {
+      type: "introduced",
+      publicKey: pk,
+      sessionId: "s1",
+    });
+    assert.deepEqual(parseFrame(JSON.stringify(request)), {
+      type: "sign_request",
+      requestId: request.request_id,
+      message: utf8("hello"),
+      description: "greeting",
+      expiresAt: new Date("2030-01-01T00:00:00Z"),
+    });
+    assert.deepEqual(parseFrame('{"type":"sign_cancel","request_id":"r","reason":"timeout"}'), {
+      type: "sign_cancel",
+      requestId: "r",
+      reason: "timeout",
+    });
+    assert.deepEqual(parseFrame('{"type":"error","code":"unknown_request","message":"m","request_id":"r"}'), {
+      type: "error",
+      code: "unknown_request",
+      message: "m",
+      requestId: "r",
+    });
+  });
+
+  test("ignores unknown fields and passes unknown types through", () => {
+    const f = parseFrame(JSON.stringify({ ...request, future: { x: 1 } }));
+    assert.equal(f.requestId, request.request_id);
+    assert.deepEqual(parseFrame('{"type":"hello_v2","x":1}'), { type: "hello_v2", unknown: true });
+    assert.deepEqual(parseFrame('{"type":"toString"}'), { type: "toString", unknown: true });
+  });
+
+  test("reads an empty or missing description as empty", () => {
+    assert.equal(parseFrame(JSON.stringify({ ...request, description: "" })).description, "");
+    const { description, ...noDescription } = request;
+    assert.equal(parseFrame(JSON.stringify(noDescription)).description, "");
+  });
+
+  test("refuses malformed frames", () => {
+    const cases = [
+      new Uint8Array([1, 2]),
+      "not json",
+      "[1,2]",
+      "null",
+      '"challenge"',
+      '{"nonce":"x"}',
+      '{"type":7}',
+      JSON.stringify({ type: "challenge", nonce: encodeBase64(new Uint8Array(31)) }),
+      JSON.stringify({ type: "challenge", nonce: nonce.slice(0, -1) }),
+      JSON.stringify({ type: "introduced", public_key: pk }),
+      JSON.stringify({ type: "introduced", public_key: "abc", session_id: "s" }),
+      JSON.stringify({ ...request, request_id: 5 }),
+      JSON.stringify({ ...request, description: 5 }),
+      JSON.stringify({ ...request, expires_at: "soon" }),
+      JSON.stringify({ type: "sign_cancel", request_id: "r" }),
+      JSON.stringify({ type: "error", message: "no code" }),
+    ];
+    for (const data of cases) {
+      assert.throws(() => parseFrame(data), ProtocolError, `should refuse ${String(data)}`);
+    }
+  });
+
+  test("names the request of a malformed sign_request", () => {
+    try {
+      parseFrame(JSON.stringify({ ...request, message: "not base64!" }));
+      assert.fail("should throw");
+    } catch (err) {
+      assert.ok(err instanceof ProtocolError);
+      assert.equal(err.requestId, request.request_id);
+    }
+  });
+});
+
+describe("keys on Node's WebCrypto", () => {
+  test("Ed25519 is supported here", async () => {
+    assert.deepEqual(await checkSupport(), { ok: true });
+  });
+
+  test("generated private keys are not extractable, public keys are", async () => {
+    const pair = await generateKeyPair();
+    assert.equal(pair.privateKey.extractable, false);
+    await assert.rejects(crypto.subtle.exportKey("pkcs8", pair.privateKey));
+    const pk = await exportPublicKey(pair.publicKey);
+    assert.equal(decodeBase64(pk).length, 32);
+  });
+
+  test("signatures are plain Ed25519 that node:crypto verifies", async () => {
+    const pair = await generateKeyPair();
+    const pk = await exportPublicKey(pair.publicKey);
+    const message = utf8("sign me");
+    const signature = await signBytes(pair.privateKey, message);
+    assert.equal(signature.length, 64);
+    assert.ok(nodeVerify(pk, message, signature));
+    assert.ok(await verifySignature(pk, message, signature));
+    assert.ok(!(await verifySignature(pk, utf8("sign me!"), signature)));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The client against a fake relay that speaks the contract from the relay's
+// side, driven step by step by each test.
+
+/** Frames of one server-side connection, awaited one at a time. */
+class FakeConnection {
+  constructor(socket) {
+    this.socket = socket;
+    this.frames = [];
+    this.waiters = [];
+    this.closed = new Promise((resolve) => socket.on("close", (code) => resolve(code)));
+    socket.on("message", (data) => {
+      const frame = JSON.parse(String(data));
+      const waiter = this.waiters.shift();
+      if (waiter) waiter(frame);
+      else this.frames.push(frame);
+    });
+  }
+
+  next() {
+    if (this.frames.length) return Promise.resolve(this.frames.shift());
+    return withTimeout(new Promise((resolve) => this.waiters.push(resolve)), "frame from client");
+  }
+
+  send(frame) {
+    this.socket.send(JSON.stringify(frame));
+  }
+
+  /** Plays the relay's side of the introduction and checks the proof. */
+  async introduce(sessionId = "session-1") {
+    const nonce = nodeCrypto.randomBytes(32);
+    this.send({ type: "challenge", nonce: nonce.toString("base64") });
+    const intro = await this.next();
+    assert.equal(intro.type, "introduction");
+    assert.ok(
+      nodeVerify(intro.public_key, introductionMessage(new Uint8Array(nonce)), decodeBase64(intro.signature)),
+      "introduction signature must verify",
+    );
+    this.publicKey = intro.public_key;
+    this.send({ type: "introduced", public_key: intro.public_key, session_id: sessionId });
+    return intro;
+  }
+}
+
+class FakeRelay {
+  async start() {
+    this.connections = [];
+    this.waiters = [];
+    this.server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    await new Promise((resolve) => this.server.once("listening", resolve));
+    this.url = `ws://127.0.0.1:${this.server.address().port}/ws`;
+    this.server.on("connection", (socket) => {
+      const conn = new FakeConnection(socket);
+      const waiter = this.waiters.shift();
+      if (waiter) waiter(conn);
+      else this.connections.push(conn);
+    });
+  }
+
+  nextConnection() {
+    if (this.connections.length) return Promise.resolve(this.connections.shift());
+    return withTimeout(new Promise((resolve) => this.waiters.push(resolve)), "connection from client");
+  }
+
+  async stop() {
+    for (const client of this.server.clients) client.terminate();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+function withTimeout(promise, what, ms = 5000) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Resolves with the detail of the next `type` event that passes `match`. */
+function nextEvent(target, type, match = () => true) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const listener = (ev) => {
+        if (!match(ev.detail)) return;
+        target.removeEventListener(type, listener);
+        resolve(ev.detail);
+      };
+      target.addEventListener(type, listener);
+    }),
+    `"${type}" event`,
+  );
+}
+
+const isState = (state) => (d) => d.state === state;
+
+function signRequest(id, message, extra = {}) {
+  return {
+    type: "sign_request",
+    request_id: id,
+    message: encodeBase64(message),
+    description: `request ${id}`,
+    expires_at: new Date(Date.now() + 60000).toISOString(),
+    ...extra,
+  };
+}
+
+describe("RelayClient against a fake relay", () => {
+  const relay = new FakeRelay();
+  let keyPair;
+  let publicKey;
+  const clients = [];
+
+  before(async () => {
+    await relay.start();
+    keyPair = await generateKeyPair();
+    publicKey = await exportPublicKey(keyPair.publicKey);
+  });
+
+  after(async () => {
+    for (const c of clients) c.close();
+    await relay.stop();
+  });
+
+  function newClient(options = {}) {
+    const client = new RelayClient({
+      url: relay.url,
+      keyPair,
+      WebSocket,
+      reconnect: { minMs: 20, maxMs: 100 },
+      ...options,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  async function connected(client) {
+    const state = nextEvent(client, "state", isState("connected"));
+    client.connect();
+    const conn = await relay.nextConnection();
+    await conn.introduce();
+    await state;
+    return conn;
+  }
+
+  test("introduces itself with a proof of possession", async () => {
+    const client = newClient();
+    const states = [];
+    client.addEventListener("state", (ev) => states.push(ev.detail.state));
+    const conn = await connected(client);
+    assert.equal(conn.publicKey, publicKey);
+    assert.equal(client.state, "connected");
+    assert.equal(client.sessionId, "session-1");
+    assert.deepEqual(states, ["connecting", "connected"]);
+    client.close();
+    assert.equal(await conn.closed, 1000);
+    assert.equal(client.state, "closed");
+  });
+
+  test("approve signs exactly the requested bytes and echoes the message", async () => {
+    const client = newClient();
+    const conn = await connected(client);
+    const message = new Uint8Array([0, 1, 2, 250, 251, 252]);
+    const requested = nextEvent(client, "request");
+    conn.send(signRequest("req-1", message, { description: "binary thing" }));
+    const req = await requested;
+    assert.equal(req.requestId, "req-1");
+    assert.deepEqual(req.message, message);
+    assert.equal(req.description, "binary thing");
+    assert.ok(req.expiresAt instanceof Date);
+    assert.equal(client.requests.length, 1);
+
+    await client.approve("req-1");
+    const response = await conn.next();
+    assert.equal(response.type, "sign_response");
+    assert.equal(response.request_id, "req-1");
+    assert.equal(response.message, encodeBase64(message));
+    assert.ok(nodeVerify(publicKey, message, decodeBase64(response.signature)));
+    assert.equal(client.requests.length, 0);
+    await assert.rejects(client.approve("req-1"), /no pending request/);
+    client.close();
+  });
+
+  test("reject sends sign_reject with the reason", async () => {
+    const client = newClient();
+    const conn = await connected(client);
+    const requested = nextEvent(client, "request");
+    conn.send(signRequest("req-2", utf8("no thanks")));
+    await requested;
+    client.reject("req-2", "not today");
+    assert.deepEqual(await conn.next(), { type: "sign_reject", request_id: "req-2", reason: "not today" });
+    assert.throws(() => client.reject("req-2"), /no pending request/);
+    client.close();
+  });
+
+  test("sign_cancel removes the request; duplicates and unknown ids are ignored", async () => {
+    const client = newClient();
+    const conn = await connected(client);
+    let requests = 0;
+    client.addEventListener("request", () => requests++);
+    const first = nextEvent(client, "request");
+    conn.send(signRequest("req-3", utf8("a")));
+    conn.send(signRequest("req-3", utf8("a")));
+    await first;
+    const cancelled = nextEvent(client, "cancel");
+    conn.send({ type: "sign_cancel", request_id: "unknown", reason: "timeout" });
+    conn.send({ type: "sign_cancel", request_id: "req-3", reason: "answered_elsewhere" });
+    assert.deepEqual(await cancelled, { requestId: "req-3", reason: "answered_elsewhere" });
+    assert.equal(requests, 1);
+    assert.equal(client.requests.length, 0);
+    client.close();
+  });
+
+  test("requests sent right behind 'introduced' are not lost", async () => {
+    const client = newClient();
+    const requested = nextEvent(client, "request");
+    client.connect();
+    const conn = await relay.nextConnection();
+    const nonce = nodeCrypto.randomBytes(32);
+    conn.send({ type: "challenge", nonce: nonce.toString("base64") });
+    const intro = await conn.next();
+    // Both in one go, as a relay redelivering a pending request would.
+    conn.send({ type: "introduced", public_key: intro.public_key, session_id: "s" });
+    conn.send(signRequest("redelivered", utf8("still waiting")));
+    assert.equal((await requested).requestId, "redelivered");
+    client.close();
+  });
+
+  test("reports error frames and declines requests it cannot read", async () => {
+    const client = newClient();
+    const conn = await connected(client);
+    const relayError = nextEvent(client, "error");
+    conn.send({ type: "error", code: "unknown_request", message: "no such request", request_id: "zzz" });
+    assert.deepEqual(await relayError, { code: "unknown_request", message: "no such request", requestId: "zzz" });
+
+    const localError = nextEvent(client, "error");
+    conn.send({ ...signRequest("bad-1", utf8("x")), message: "%%%" });
+    const err = await localError;
+    assert.equal(err.code, "malformed_frame");
+    assert.equal(err.requestId, "bad-1");
+    const reject = await conn.next();
+    assert.equal(reject.type, "sign_reject");
+    assert.equal(reject.request_id, "bad-1");
+
+    conn.send({ type: "some_future_frame" });
+    conn.send(signRequest("after", utf8("still works")));
+    const req = await nextEvent(client, "request");
+    assert.equal(req.requestId, "after");
+    client.close();
+  });
+
+  test("reconnects with backoff after a drop and introduces itself again", async () => {
+    const client = newClient();
+    const conn = await connected(client);
+    const requested = nextEvent(client, "request");
+    conn.send(signRequest("req-4", utf8("pending across the drop")));
+    await requested;
+
+    const cancelled = nextEvent(client, "cancel");
+    const reconnecting = nextEvent(client, "state", isState("reconnecting"));
+    conn.socket.close(1001, "shutting down");
+    assert.deepEqual(await cancelled, { requestId: "req-4", reason: "disconnected" });
+    const r = await reconnecting;
+    assert.equal(r.code, 1001);
+    assert.ok(r.delayMs >= 10 && r.delayMs <= 20, `first delay ${r.delayMs}`);
+    assert.ok(r.at instanceof Date);
+
+    const again = await relay.nextConnection();
+    const reconnected = nextEvent(client, "state", isState("connected"));
+    await again.introduce("session-2");
+    await reconnected;
+    assert.equal(client.sessionId, "session-2");
+
+    // The relay redelivers what is still pending; it shows up again.
+    const redelivered = nextEvent(client, "request");
+    again.send(signRequest("req-4", utf8("pending across the drop")));
+    assert.equal((await redelivered).requestId, "req-4");
+    client.close();
+  });
+
+  test("keeps retrying while the relay cannot be reached", async () => {
+    const down = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    await new Promise((resolve) => down.once("listening", resolve));
+    const url = `ws://127.0.0.1:${down.address().port}/ws`;
+    await new Promise((resolve) => down.close(resolve));
+    const client = newClient({ url });
+    const delays = [];
+    const third = nextEvent(client, "state", (d) => d.state === "reconnecting" && delays.push(d.delayMs) >= 3);
+    client.connect();
+    await third;
+    assert.ok(delays[2] >= 40 && delays[2] <= 80, `third delay ${delays[2]}`);
+    client.close();
+    assert.equal(client.state, "closed");
+  });
+
+  test("a failed introduction ends in 'rejected' with the relay's reason and no retry", async () => {
+    const client = newClient();
+    const rejected = nextEvent(client, "state", isState("rejected"));
+    client.connect();
+    const conn = await relay.nextConnection();
+    conn.send({ type: "challenge", nonce: encodeBase64(new Uint8Array(32)) });
+    await conn.next();
+    conn.send({ type: "error", code: "introduction_failed", message: "signature does not verify" });
+    conn.socket.close(4401, "introduction failed");
+    assert.deepEqual(await rejected, { state: "rejected", reason: "signature does not verify" });
+
+    // reconnectNow() is the way to try again.
+    client.reconnectNow();
+    const again = await relay.nextConnection();
+    const ok = nextEvent(client, "state", isState("connected"));
+    await again.introduce();
+    await ok;
+    client.close();
+  });
+
+  test("gives up on a relay that never sends its challenge", async () => {
+    const client = newClient({ introductionTimeoutMs: 100 });
+    client.connect();
+    const silent = await relay.nextConnection();
+    const r = await nextEvent(client, "state", isState("reconnecting"));
+    assert.equal(r.code, 4000);
+    await silent.closed;
+    const next = await relay.nextConnection();
+    const ok = nextEvent(client, "state", isState("connected"));
+    await next.introduce();
+    await ok;
+    client.close();
+  });
+
+  test("refuses to answer while disconnected", async () => {
+    const client = newClient();
+    assert.throws(() => client.reject("nothing"), /no pending request/);
+    assert.throws(() => new RelayClient({ url: relay.url }), /keyPair/);
+    assert.throws(() => new RelayClient({ keyPair, WebSocket }), /url/);
+  });
+});
