@@ -34,6 +34,7 @@ type holderConn struct {
 	mu sync.Mutex
 	// guards the following fields
 	queue     [][]byte
+	held      bool // frames wait in queue until release (during the handshake)
 	writing   bool // a writer goroutine is draining queue
 	closeCode int  // set once: send this close frame after the queue
 	closeMsg  string
@@ -50,6 +51,17 @@ func newHolderConn(s *Server, ws *websocket.Conn, ip string) *holderConn {
 		ws:        ws,
 		log:       s.log.With("remote", ip),
 		badFrames: rate.NewLimiter(1, badFrameBurst),
+		held:      true,
+	}
+}
+
+// release lets queued frames flow once the handshake is done.
+func (c *holderConn) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.held = false
+	if len(c.queue) > 0 || c.closeCode != 0 {
+		c.startWriterLocked()
 	}
 }
 
@@ -85,7 +97,7 @@ func (c *holderConn) Send(frame []byte) bool {
 }
 
 func (c *holderConn) startWriterLocked() {
-	if c.writing {
+	if c.writing || (c.held && c.closeCode == 0) {
 		return
 	}
 	c.writing = true
@@ -152,16 +164,23 @@ func (c *holderConn) markClosed() {
 }
 
 // shutdown runs when the read loop has ended: it closes normally unless a
-// close is already under way, waits for the writer, and stops the pinger.
+// close is already under way, and waits for the writer to send it.
 func (c *holderConn) shutdown() {
 	c.closeWith(websocket.CloseNormalClosure, "")
+	// No writer can start after closeWith, so this Wait cannot race an Add.
 	c.writers.Wait()
+}
+
+// finish runs last on every path out of the handler: once closed is set
+// under the lock no writer can start, so waiting for the writers is safe.
+func (c *holderConn) finish() {
 	c.mu.Lock()
 	c.closed = true
 	if c.pinger != nil {
 		c.pinger.Stop()
 	}
 	c.mu.Unlock()
+	c.writers.Wait()
 }
 
 // writeNow writes one frame synchronously; only the handshake and the writer

@@ -159,6 +159,7 @@ func (s *Server) handleHealth(c *fiber.Ctx) error {
 // 503 and new work is refused; pending requests get up to shutdown_grace to
 // finish; the rest end with 503 and sign_cancel "shutdown"; key-holder
 // sockets close with 1001; then the HTTP server stops. ctx bounds the whole.
+// Calling it again is harmless.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	grace, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace.D())
@@ -170,13 +171,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.svc.Close()
 
 	s.mu.Lock()
+	if !s.closing && len(s.conns) == 0 {
+		close(s.connsDone)
+	}
 	s.closing = true
 	conns := make([]*holderConn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
-	}
-	if len(s.conns) == 0 {
-		close(s.connsDone)
 	}
 	s.mu.Unlock()
 	for _, c := range conns {

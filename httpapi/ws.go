@@ -61,7 +61,7 @@ func (s *Server) handleWS(ws *fws.Conn) {
 		return
 	}
 	defer s.untrack(c)
-	defer c.writers.Wait()
+	defer c.finish()
 	ws.SetReadLimit(int64(s.cfg.WebSocket.MaxFrameBytes))
 
 	if err := c.introduce(); err != nil {
@@ -79,7 +79,13 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	c.log = c.log.With("key", c.key.ShortString(), "session", c.session)
 	c.log.Debug("introduced")
 
+	// The key holder may ask for a signature the moment it reads
+	// "introduced", so it must already be routable then: queue the frame,
+	// register, and only then let the queue flow. Pending requests that
+	// Attach hands over are queued behind it.
+	c.Send(protocol.EncodeIntroduced(c.key, c.session))
 	s.svc.Attach(c)
+	c.release()
 	c.startPinger()
 	reason := c.readLoop()
 	s.svc.Detach(c)
@@ -123,9 +129,6 @@ func (c *holderConn) introduce() error {
 	}
 	c.key = key
 	c.session = uuid.NewString()
-	if err := c.writeNow(protocol.EncodeIntroduced(key, c.session)); err != nil {
-		return err
-	}
 	c.extendReadDeadline()
 	return nil
 }

@@ -64,6 +64,20 @@ func (k PublicKey) Verify(msg, sig []byte) bool {
 // MarshalJSON encodes the key in its wire form.
 func (k PublicKey) MarshalJSON() ([]byte, error) { return json.Marshal(k.String()) }
 
+// UnmarshalJSON decodes the wire form strictly: base64 of exactly 32 bytes.
+func (k *PublicKey) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		return errors.New("public key must be a base64 string")
+	}
+	pk, err := ParsePublicKey(s)
+	if err != nil {
+		return err
+	}
+	*k = pk
+	return nil
+}
+
 // DecodeBase64 decodes standard, padded base64 strictly: no line breaks, no
 // URL alphabet, no missing padding and no stray bits in the last character.
 func DecodeBase64(s string) ([]byte, error) {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -377,3 +378,9 @@ func verifyResult(t *testing.T, r signResp, pub ed25519.PublicKey, msg []byte) {
 		t.Fatalf("result fields: %+v", r)
 	}
 }
+
+type configT = config.Config
+
+func configDuration(d time.Duration) config.Duration { return config.Duration(d) }
+
+func itoa(n int) string { return strconv.Itoa(n) }
