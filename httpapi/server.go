@@ -113,8 +113,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}))
 	s.app.Use("/", securityHeaders, filesystem.New(filesystem.Config{
 		Root:   http.FS(web.Files),
-		Index:  "index.html",
-		MaxAge: 300,
+		Index: "index.html",
 	}))
 	s.app.Use(func(c *fiber.Ctx) error { return fiber.ErrNotFound })
 	return s, nil
@@ -130,6 +129,9 @@ func securityHeaders(c *fiber.Ctx) error {
 	c.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 	c.Set("X-Content-Type-Options", "nosniff")
 	c.Set("Referrer-Policy", "no-referrer")
+	// Revalidate every time, so that an upgraded relay never pairs a cached
+	// old script with a new page.
+	c.Set("Cache-Control", "no-cache")
 	return c.Next()
 }
 

@@ -7,5 +7,5 @@ import "embed"
 
 // Files is the page served at "/": index.html and its scripts and styles.
 //
-//go:embed *.html *.css
+//go:embed *.html *.js *.css
 var Files embed.FS

@@ -143,18 +143,35 @@ async function verifyEd25519(publicKeyB64, message, signatureB64) {
 // Page helpers.
 
 const pageErrors = [];
+const consoleLines = new WeakMap(); // page -> recent console output, for failure reports
 
-async function openPage(context, relay) {
+async function newPage(context) {
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
+  const lines = [];
+  consoleLines.set(page, lines);
+  page.on("console", (m) => lines.push(`${m.type()}: ${m.text()}`) > 30 && lines.shift());
   page.on("pageerror", (err) => pageErrors.push(`${page.url()}: ${err.message}`));
+  return page;
+}
+
+async function openPage(context, relay) {
+  const page = await newPage(context);
   await page.goto(`${relay.url}/`);
   await waitConnected(page);
   return page;
 }
 
-function waitConnected(page) {
-  return page.locator(`${sel("conn-state")}[data-state="connected"]`).waitFor();
+/** Waits for the "connected" state; on failure says what the page showed instead. */
+async function waitConnected(page, timeout = STEP_MS) {
+  const conn = page.locator(sel("conn-state"));
+  try {
+    await page.locator(`${sel("conn-state")}[data-state="connected"]`).waitFor({ timeout });
+  } catch (err) {
+    const shown = await conn.evaluate((el) => `${el.dataset.state}: ${el.textContent.trim()}`).catch(() => "?");
+    err.message += `\npage shows ${shown}\npage console:\n${(consoleLines.get(page) || []).join("\n")}`;
+    throw err;
+  }
 }
 
 async function shownPublicKey(page) {
@@ -179,6 +196,13 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   let browser;
   let context; // shared by most tests: same IndexedDB, so the same key
   let page;
+
+  // The main tab, reopened if an earlier test failed before making it, so
+  // one failure does not cascade into all the tests after it.
+  async function mainPage() {
+    if (!page || page.isClosed()) page = await openPage(context, relay);
+    return page;
+  }
 
   before(
     async () => {
@@ -205,13 +229,14 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   test("the page loads, shows a key and connects", { timeout: TEST_MS }, async () => {
     page = await openPage(context, relay);
     await shownPublicKey(page);
+    assert.equal(await page.locator(sel("loading")).isVisible(), false);
     assert.match(await page.locator(sel("conn-state")).textContent(), /Connected/);
     await page.locator("#requests-empty").waitFor();
     await screenshot(page, "01-connected");
   });
 
   test("a POST /sign shows a card; Approve returns a signature that verifies", { timeout: TEST_MS }, async () => {
-    const publicKey = await shownPublicKey(page);
+    const publicKey = await shownPublicKey(await mainPage());
     const message = new TextEncoder().encode("transfer 25 EUR to account 42");
     const pending = postSign(relay, { publicKey, message, description: "Payment #1001" });
 
@@ -235,7 +260,7 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   });
 
   test("Reject (from the keyboard) makes POST /sign answer 403", { timeout: TEST_MS }, async () => {
-    const publicKey = await shownPublicKey(page);
+    const publicKey = await shownPublicKey(await mainPage());
     const pending = postSign(relay, {
       publicKey,
       message: new TextEncoder().encode("delete all backups"),
@@ -254,7 +279,7 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   });
 
   test("several requests wait at once; binary messages are shown as hex", { timeout: TEST_MS }, async () => {
-    const publicKey = await shownPublicKey(page);
+    const publicKey = await shownPublicKey(await mainPage());
     const binary = new Uint8Array([0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0xff, 0x80]);
     const first = postSign(relay, {
       publicKey,
@@ -276,7 +301,15 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
     await screenshot(page, "05-phone");
     await page.setViewportSize({ width: 1024, height: 900 });
 
-    await hex.locator(sel("approve")).click();
+    // Approve from the keyboard: focus then lands on the remaining card, not
+    // on one of its buttons, so a second key press cannot answer it by mistake.
+    await hex.locator(sel("approve")).focus();
+    await page.keyboard.press("Enter");
+    await hex.waitFor({ state: "detached" });
+    assert.equal(
+      await page.evaluate(() => document.activeElement.closest('[data-testid="request-card"]')?.textContent.includes("Release signing") && document.activeElement.tagName),
+      "ARTICLE",
+    );
     await text.locator(sel("reject")).click();
     const [a, b] = await Promise.all([second, first]);
     assert.equal(a.status, 200, JSON.stringify(a.body));
@@ -286,7 +319,7 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   });
 
   test("a short timeout_ms removes the card with the timeout reason", { timeout: TEST_MS }, async () => {
-    const publicKey = await shownPublicKey(page);
+    const publicKey = await shownPublicKey(await mainPage());
     const pending = postSign(relay, {
       publicKey,
       message: new TextEncoder().encode("nobody answers this"),
@@ -308,15 +341,48 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   });
 
   test("the key survives a reload", { timeout: TEST_MS }, async () => {
-    const before = await shownPublicKey(page);
+    const before = await shownPublicKey(await mainPage());
     await page.reload();
     await waitConnected(page);
     assert.equal(await shownPublicKey(page), before);
   });
 
+  test("a request still waiting survives a reload of the page", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(await mainPage());
+    const message = new TextEncoder().encode("still here after reload");
+    const pending = postSign(relay, { publicKey, message, description: "Across a reload" });
+    const requestId = await card(page, "Across a reload").getAttribute("data-request-id");
+    await page.reload();
+    await waitConnected(page);
+    // The relay redelivers it to the re-introduced key: same request, same card.
+    const again = card(page, "Across a reload");
+    assert.equal(await again.getAttribute("data-request-id"), requestId);
+    await again.locator(sel("approve")).click();
+    const { status, body } = await pending;
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.ok(await verifyEd25519(publicKey, message, body.signature));
+  });
+
+  test("a backend that gives up removes the card with that reason", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(await mainPage());
+    const abort = new AbortController();
+    const pending = fetch(`${relay.url}/sign`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}` },
+      body: JSON.stringify({ public_key: publicKey, message: Buffer.from("abandoned").toString("base64"), description: "Abandoned request" }),
+      signal: abort.signal,
+    });
+    await card(page, "Abandoned request").waitFor();
+    abort.abort();
+    await assert.rejects(pending, { name: "AbortError" });
+    await card(page, "Abandoned request").waitFor({ state: "detached" });
+    const notice = page.locator(`${sel("notice")}[data-reason="requester_gone"]`, { hasText: "Abandoned request" });
+    assert.match(await notice.textContent(), /requester went away/);
+  });
+
   test("two tabs with the same key both show a request; answering in one removes it from the other", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(await mainPage());
     const second = await openPage(context, relay);
-    const publicKey = await shownPublicKey(page);
     assert.equal(await shownPublicKey(second), publicKey, "tabs share the stored key");
 
     const message = new TextEncoder().encode("approve me once");
@@ -338,7 +404,7 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   });
 
   test("after the relay restarts, the page reconnects by itself", { timeout: TEST_MS }, async () => {
-    const publicKey = await shownPublicKey(page);
+    const publicKey = await shownPublicKey(await mainPage());
     const port = relay.port;
 
     // A request still waiting when the relay shuts down ends for both sides.
@@ -360,7 +426,7 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
     await screenshot(page, "08-reconnecting");
 
     await relay.start(`127.0.0.1:${port}`);
-    await page.locator(`${sel("conn-state")}[data-state="connected"]`).waitFor({ timeout: 40_000 });
+    await waitConnected(page, 40_000);
 
     // The new relay process knows the page again: a request reaches it.
     const message = new TextEncoder().encode("after the restart");
@@ -427,14 +493,43 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
           return generateKey.call(this, algorithm, ...rest);
         };
       });
-      const p = await own.newPage();
-      p.setDefaultTimeout(STEP_MS);
+      const p = await newPage(own);
       await p.goto(`${relay.url}/`);
       const banner = p.locator(sel("unsupported"));
       await banner.waitFor();
       assert.match(await banner.textContent(), /Ed25519/);
       assert.equal(await p.locator(sel("public-key")).isVisible(), false);
       await screenshot(p, "12-unsupported");
+    } finally {
+      await own.close();
+    }
+  });
+
+  test("a key the relay refuses shows 'rejected' and why", { timeout: TEST_MS }, async () => {
+    const own = await browser.newContext({ viewport: { width: 1024, height: 700 } });
+    try {
+      // Stands in for a broken key holder: introduction signatures are
+      // corrupted, so the relay must refuse the key (error + close 4401).
+      await own.addInitScript(() => {
+        const sign = SubtleCrypto.prototype.sign;
+        const prefix = "signing-relay/";
+        SubtleCrypto.prototype.sign = async function (algorithm, key, data) {
+          const signature = new Uint8Array(await sign.call(this, algorithm, key, data));
+          const bytes = ArrayBuffer.isView(data)
+            ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+            : new Uint8Array(data);
+          if (new TextDecoder().decode(bytes.subarray(0, prefix.length)) === prefix) signature[0] ^= 0xff;
+          return signature.buffer;
+        };
+      });
+      const p = await newPage(own);
+      await p.goto(`${relay.url}/`);
+      const conn = p.locator(`${sel("conn-state")}[data-state="rejected"]`);
+      await conn.waitFor();
+      assert.match(await conn.textContent(), /Rejected by the relay: \S/);
+      await p.locator(sel("reconnect-now")).waitFor();
+      assert.equal(await p.locator(sel("reconnect-now")).textContent(), "Try again");
+      await screenshot(p, "13-rejected");
     } finally {
       await own.close();
     }
