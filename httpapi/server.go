@@ -112,7 +112,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		WriteBufferPool: &sync.Pool{},
 	}))
 	s.app.Use("/", securityHeaders, filesystem.New(filesystem.Config{
-		Root:   http.FS(web.Files),
+		Root:  http.FS(web.Files),
 		Index: "index.html",
 	}))
 	s.app.Use(func(c *fiber.Ctx) error { return fiber.ErrNotFound })
