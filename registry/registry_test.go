@@ -1,0 +1,97 @@
+package registry
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/signrelay/signrelay/protocol"
+)
+
+type fake struct {
+	key protocol.PublicKey
+	id  string
+}
+
+func (f *fake) Key() protocol.PublicKey { return f.key }
+func (f *fake) SessionID() string       { return f.id }
+func (f *fake) Send([]byte) bool        { return true }
+
+func key(b byte) protocol.PublicKey {
+	raw := make([]byte, 32)
+	raw[0], raw[31] = b, b
+	k, _ := protocol.PublicKeyFromBytes(raw)
+	return k
+}
+
+func TestAddRemove(t *testing.T) {
+	r := New()
+	a1, a2, b := &fake{key(1), "a1"}, &fake{key(1), "a2"}, &fake{key(2), "b"}
+	steps := []struct {
+		name         string
+		do           func()
+		wantA, wantB int
+		wantLen      int
+	}{
+		{"empty", func() {}, 0, 0, 0},
+		{"add a1", func() { r.Add(a1) }, 1, 0, 1},
+		{"same key twice", func() { r.Add(a2) }, 2, 0, 2},
+		{"same holder again is harmless", func() { r.Add(a1) }, 2, 0, 2},
+		{"other key", func() { r.Add(b) }, 2, 1, 3},
+		{"remove a1", func() { r.Remove(a1) }, 1, 1, 2},
+		{"remove a1 again is harmless", func() { r.Remove(a1) }, 1, 1, 2},
+		{"remove the rest", func() { r.Remove(a2); r.Remove(b) }, 0, 0, 0},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := len(r.Holders(key(1))); got != s.wantA {
+			t.Fatalf("%s: key 1 has %d holders, want %d", s.name, got, s.wantA)
+		}
+		if got := len(r.Holders(key(2))); got != s.wantB {
+			t.Fatalf("%s: key 2 has %d holders, want %d", s.name, got, s.wantB)
+		}
+		if r.Len() != s.wantLen || len(r.All()) != s.wantLen || r.Has(key(1)) != (s.wantA > 0) {
+			t.Fatalf("%s: Len %d All %d, want %d", s.name, r.Len(), len(r.All()), s.wantLen)
+		}
+	}
+}
+
+// A snapshot handed out before a Remove is not changed by it.
+func TestSnapshotIsStable(t *testing.T) {
+	r := New()
+	hs := []*fake{{key(1), "0"}, {key(1), "1"}, {key(1), "2"}}
+	for _, h := range hs {
+		r.Add(h)
+	}
+	snap := r.Holders(key(1))
+	r.Remove(hs[0])
+	r.Add(&fake{key(1), "3"})
+	for i, h := range snap {
+		if h.SessionID() != fmt.Sprint(i) {
+			t.Fatalf("snapshot changed: %d is %s", i, h.SessionID())
+		}
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	r := New()
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 500; i++ {
+				h := &fake{key(byte(i % 7)), fmt.Sprint(g, i)}
+				r.Add(h)
+				for _, x := range r.Holders(h.key) {
+					_ = x.SessionID()
+				}
+				r.Remove(h)
+			}
+		}(g)
+	}
+	wg.Wait()
+	if r.Len() != 0 {
+		t.Fatalf("%d holders left", r.Len())
+	}
+}
