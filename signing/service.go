@@ -318,21 +318,32 @@ func unknownRequest(id string) *protocol.FrameError {
 	return &protocol.FrameError{Code: protocol.CodeUnknownRequest, Message: "no request with this request_id is pending for this connection", RequestID: id}
 }
 
-// Respond handles a sign_response from h. It returns the error frame to send
-// back to h, or nil. A valid signature ends the request; an invalid one ends
-// it only when no other live connection of the key may still answer.
-func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol.FrameError {
-	id, err := uuid.Parse(f.RequestID)
+// pendingFor finds the request requestID that h may still answer, or the
+// unknown_request error to send back.
+func (s *Service) pendingFor(h registry.Holder, requestID string) (*pending, *protocol.FrameError) {
+	id, err := uuid.Parse(requestID)
 	if err != nil {
-		return unknownRequest(f.RequestID)
+		return nil, unknownRequest(requestID)
 	}
 	sh := s.shardOf(h.Key())
 	sh.mu.Lock()
 	p := sh.lookupLocked(h, id)
 	sh.mu.Unlock()
 	if p == nil {
-		return unknownRequest(f.RequestID)
+		return nil, unknownRequest(requestID)
 	}
+	return p, nil
+}
+
+// Respond handles a sign_response from h. It returns the error frame to send
+// back to h, or nil. A valid signature ends the request; an invalid one ends
+// it only when no other live connection of the key may still answer.
+func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol.FrameError {
+	p, ferr := s.pendingFor(h, f.RequestID)
+	if ferr != nil {
+		return ferr
+	}
+	sh := s.shardOf(h.Key())
 	// p.message is immutable: verify without the lock.
 	if bytes.Equal(f.Message, p.message) && h.Key().Verify(p.message, f.Signature) {
 		sig := append([]byte(nil), f.Signature...)
@@ -363,16 +374,9 @@ func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol
 // Reject handles a sign_reject from h: the key holder said no, which ends
 // the request for every connection of the key.
 func (s *Service) Reject(h registry.Holder, f *protocol.SignReject) *protocol.FrameError {
-	id, err := uuid.Parse(f.RequestID)
-	if err != nil {
-		return unknownRequest(f.RequestID)
-	}
-	sh := s.shardOf(h.Key())
-	sh.mu.Lock()
-	p := sh.lookupLocked(h, id)
-	sh.mu.Unlock()
-	if p == nil {
-		return unknownRequest(f.RequestID)
+	p, ferr := s.pendingFor(h, f.RequestID)
+	if ferr != nil {
+		return ferr
 	}
 	s.finish(p, outcome{err: &RejectedError{Reason: f.Reason}}, protocol.CancelAnsweredElsewhere, h)
 	return nil
