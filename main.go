@@ -51,6 +51,11 @@ func run() error {
 		log.Warn("websocket.max_frame_bytes is too small to answer the largest message", "have", cfg.WebSocket.MaxFrameBytes, "need", need)
 	}
 
+	// Before "listening" is logged: a SIGTERM that follows it at once must
+	// already find the graceful path.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+
 	srv, err := httpapi.New(cfg, log)
 	if err != nil {
 		return err
@@ -68,8 +73,6 @@ func run() error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	select {
 	case err := <-serveErr:
 		return err

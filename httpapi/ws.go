@@ -163,6 +163,9 @@ func (c *holderConn) readLoop() string {
 		c.Send(ferr.Frame())
 		if !c.badFrames.Allow() {
 			c.closeWith(protocol.ClosePolicyViolation, "too many bad frames")
+			// It can receive nothing more: stop routing to it now, not when
+			// the peer answers the close.
+			c.srv.svc.Detach(c)
 		}
 	}
 }
