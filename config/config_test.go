@@ -1,0 +1,202 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func writeFile(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadErrorsNameTheKey(t *testing.T) {
+	existing := writeFile(t, "not a real key file")
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	for _, tc := range []struct {
+		name string
+		yaml string
+		env  map[string]string
+		key  string // the dotted key the message must name
+	}{
+		{"unknown top-level key", "listn: 127.0.0.1:1\n", nil, "listn"},
+		{"unknown nested key", "sign:\n  max_timout: 10s\n", nil, "sign.max_timout"},
+		{"unknown key in a flow mapping", "rate_limits:\n  sign_per_api_key: { rate: 1, brust: 2 }\n", nil, "rate_limits.sign_per_api_key.brust"},
+		{"bad duration", "websocket:\n  ping_interval: soon\n", nil, "websocket.ping_interval"},
+		{"duration without unit", "shutdown_grace: 10\n", nil, "shutdown_grace"},
+		{"ill-typed number", "sign:\n  max_message_bytes: lots\n", nil, "sign.max_message_bytes"},
+		{"max_timeout over 60s", "sign:\n  max_timeout: 61s\n", nil, "sign.max_timeout"},
+		{"max_timeout zero", "sign:\n  max_timeout: 0s\n", nil, "sign.max_timeout"},
+		{"default_timeout over max_timeout", "sign:\n  default_timeout: 30s\n  max_timeout: 20s\n", nil, "sign.default_timeout"},
+		{"max_pending_per_key zero", "sign:\n  max_pending_per_key: 0\n", nil, "sign.max_pending_per_key"},
+		{"frame limit too small", "websocket:\n  max_frame_bytes: 10\n", nil, "websocket.max_frame_bytes"},
+		{"origin with a path", "websocket:\n  allowed_origins: [https://a.example/x]\n", nil, "websocket.allowed_origins[0]"},
+		{"rate of zero while enabled", "rate_limits:\n  enabled: true\n  connections_per_ip: { rate: 0, burst: 1 }\n", nil, "rate_limits.connections_per_ip"},
+		{"bad trusted proxy", "trusted_proxies: [not-an-ip]\n", nil, "trusted_proxies[0]"},
+		{"tls cert file missing", "tls: { cert_file: " + missing + ", key_file: " + existing + " }\n", nil, "tls.cert_file"},
+		{"tls key file missing", "tls: { cert_file: " + existing + ", key_file: " + missing + " }\n", nil, "tls.key_file"},
+		{"bad log level", "log_level: loud\n", nil, "log_level"},
+		{"bad listen from the environment", "", map[string]string{"SIGNRELAY_LISTEN": "nonsense"}, "listen"},
+		{"api key padded with spaces", "api_keys: [\" padded-key-0123456789 \"]\n", nil, "api_keys[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeFile(t, tc.yaml), true, envOf(tc.env))
+			if err == nil {
+				t.Fatalf("Load accepted %q", tc.yaml)
+			}
+			if !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("error %q does not name %s", err, tc.key)
+			}
+			if strings.Count(err.Error(), "\n") > 0 {
+				t.Fatalf("error %q is not one line", err)
+			}
+		})
+	}
+}
+
+func TestLoadRequiredFileMissing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope.yaml")
+	if _, err := Load(missing, true, envOf(nil)); err == nil {
+		t.Fatal("a missing -config file was accepted")
+	}
+	cfg, err := Load(missing, false, envOf(nil))
+	if err != nil {
+		t.Fatalf("missing default config.yaml: %v, want the defaults", err)
+	}
+	want := Default()
+	want.APIKeys, want.GeneratedAPIKey = cfg.APIKeys, true
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("got %+v, want the defaults %+v", cfg, want)
+	}
+}
+
+func TestLoadEnvironmentOverrides(t *testing.T) {
+	file := "listen: 127.0.0.1:1111\napi_keys: [file-key-0123456789abcdef]\n"
+	for _, tc := range []struct {
+		name      string
+		env       map[string]string
+		listen    string
+		keys      []string
+		generated bool
+	}{
+		{"file only", nil, "127.0.0.1:1111", []string{"file-key-0123456789abcdef"}, false},
+		{"SIGNRELAY_LISTEN", map[string]string{"SIGNRELAY_LISTEN": "127.0.0.1:2222"}, "127.0.0.1:2222", []string{"file-key-0123456789abcdef"}, false},
+		{
+			"SIGNRELAY_API_KEYS, comma-separated and trimmed",
+			map[string]string{"SIGNRELAY_API_KEYS": " env-key-one-0123456789 ,env-key-two-0123456789,,"},
+			"127.0.0.1:1111", []string{"env-key-one-0123456789", "env-key-two-0123456789"}, false,
+		},
+		{
+			"both",
+			map[string]string{"SIGNRELAY_LISTEN": "0.0.0.0:3333", "SIGNRELAY_API_KEYS": "env-key-0123456789abcdef"},
+			"0.0.0.0:3333", []string{"env-key-0123456789abcdef"}, false,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Load(writeFile(t, file), true, envOf(tc.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Listen != tc.listen || !reflect.DeepEqual(cfg.APIKeys, tc.keys) || cfg.GeneratedAPIKey != tc.generated {
+				t.Fatalf("listen %q keys %q generated %v, want %q %q %v", cfg.Listen, cfg.APIKeys, cfg.GeneratedAPIKey, tc.listen, tc.keys, tc.generated)
+			}
+		})
+	}
+}
+
+func TestLoadGeneratesAPIKey(t *testing.T) {
+	seen := map[string]bool{}
+	for _, tc := range []struct {
+		name string
+		yaml string
+		env  map[string]string
+	}{
+		{"no api_keys", "listen: 127.0.0.1:1\n", nil},
+		{"empty api_keys", "api_keys: []\n", nil},
+		{"empty file", "", nil},
+		{"only separators in SIGNRELAY_API_KEYS", "api_keys: []\n", map[string]string{"SIGNRELAY_API_KEYS": " , ,"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Load(writeFile(t, tc.yaml), true, envOf(tc.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cfg.GeneratedAPIKey || len(cfg.APIKeys) != 1 {
+				t.Fatalf("keys %q generated %v, want one generated key", cfg.APIKeys, cfg.GeneratedAPIKey)
+			}
+			k := cfg.APIKeys[0]
+			if len(k) < 32 || strings.TrimSpace(k) != k || strings.ContainsAny(k, " ,\n") {
+				t.Fatalf("generated key %q: want at least 32 characters, no spaces or commas", k)
+			}
+			if seen[k] {
+				t.Fatalf("generated key %q twice", k)
+			}
+			seen[k] = true
+		})
+	}
+}
+
+func TestLoadValues(t *testing.T) {
+	cfg, err := Load(writeFile(t, `
+listen: 127.0.0.1:9000
+api_keys: [k-0123456789abcdef]
+sign: { default_timeout: 5s, max_timeout: 30s, max_message_bytes: 100, max_pending_per_key: 3 }
+websocket: { introduction_timeout: 2s, ping_interval: 250ms, max_frame_bytes: 4096, allowed_origins: [https://a.example] }
+rate_limits: { enabled: false }
+trusted_proxies: [10.0.0.0/8, 192.168.1.1]
+shutdown_grace: 1m30s
+`), true, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want any
+	}{
+		{"sign.default_timeout", cfg.Sign.DefaultTimeout.D(), 5 * time.Second},
+		{"sign.max_timeout", cfg.Sign.MaxTimeout.D(), 30 * time.Second},
+		{"sign.max_message_bytes", cfg.Sign.MaxMessageBytes, 100},
+		{"sign.max_pending_per_key", cfg.Sign.MaxPendingPerKey, 3},
+		{"websocket.introduction_timeout", cfg.WebSocket.IntroductionTimeout.D(), 2 * time.Second},
+		{"websocket.ping_interval", cfg.WebSocket.PingInterval.D(), 250 * time.Millisecond},
+		{"websocket.max_frame_bytes", cfg.WebSocket.MaxFrameBytes, 4096},
+		{"websocket.allowed_origins", cfg.WebSocket.AllowedOrigins, []string{"https://a.example"}},
+		{"rate_limits.enabled", cfg.RateLimits.Enabled, false},
+		{"trusted_proxies", cfg.TrustedProxies, []string{"10.0.0.0/8", "192.168.1.1"}},
+		{"shutdown_grace", cfg.ShutdownGrace.D(), 90 * time.Second},
+		{"websocket.send_queue (default kept)", cfg.WebSocket.SendQueue, Default().WebSocket.SendQueue},
+	} {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+// The shipped config.yaml documents the defaults: loading it gives Default().
+func TestShippedConfigIsTheDefaults(t *testing.T) {
+	cfg, err := Load(filepath.Join("..", "config.yaml"), true, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.APIKeys, want.GeneratedAPIKey = cfg.APIKeys, true
+	want.TrustedProxies, want.WebSocket.AllowedOrigins = cfg.TrustedProxies, cfg.WebSocket.AllowedOrigins
+	if len(cfg.TrustedProxies) != 0 || len(cfg.WebSocket.AllowedOrigins) != 0 {
+		t.Fatalf("config.yaml sets trusted_proxies %q or allowed_origins %q", cfg.TrustedProxies, cfg.WebSocket.AllowedOrigins)
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("config.yaml gives %+v, want the defaults %+v", cfg, want)
+	}
+}
