@@ -23,7 +23,7 @@ deps-browser:
 	@test -x $(CHROMIUM) || scripts/install-chromium.sh
 
 lint: deps-go
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './node_modules/*')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 
 test-go: deps-go

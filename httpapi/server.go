@@ -105,6 +105,10 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	})
 	s.app.Get("/healthz", s.handleHealth)
 	s.app.Post("/sign", s.handleSign)
+	s.app.All("/sign", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderAllow, fiber.MethodPost)
+		return writeError(c, fiber.StatusMethodNotAllowed, codeMethodNotAllowed, "use POST /sign", "")
+	})
 	s.app.Get("/ws", s.checkUpgrade, websocket.New(s.handleWS, websocket.Config{
 		ReadBufferSize:  1024,
 		WriteBufferSize: 1024,

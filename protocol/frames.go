@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 )
 
@@ -172,8 +174,8 @@ func DecodeHolderFrame(data []byte) (any, error) {
 	default:
 		return nil, &FrameError{Code: CodeUnknownType, Message: fmt.Sprintf("unknown frame type %q", *env.Type), RequestID: peekRequestID(data)}
 	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return nil, &FrameError{Code: CodeMalformedFrame, Message: jsonErrText(err), RequestID: peekRequestID(data)}
+	if err := decodeInto(data, v); err != nil {
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error(), RequestID: peekRequestID(data)}
 	}
 	if err := Validate(v); err != nil {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error(), RequestID: peekRequestID(data)}
@@ -191,6 +193,45 @@ func peekRequestID(data []byte) string {
 		return ""
 	}
 	return v.RequestID
+}
+
+// binaryFieldError names the base64 field of v that data gets wrong;
+// encoding/json does not say which field's decoder failed.
+func binaryFieldError(data []byte, v any) string {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(data, &fields) != nil {
+		return ""
+	}
+	t := reflect.TypeOf(v).Elem()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		raw, ok := fields[name]
+		if f.Type != reflect.TypeOf(Bytes(nil)) || !ok {
+			continue
+		}
+		var b Bytes
+		if err := b.UnmarshalJSON(raw); err != nil {
+			return fmt.Sprintf("%q %s", name, err)
+		}
+	}
+	return ""
+}
+
+// decodeInto unmarshals data into v and explains a failure by field.
+func decodeInto(data []byte, v any) error {
+	err := json.Unmarshal(data, v)
+	if err == nil {
+		return nil
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return errors.New("invalid JSON: " + jsonErrText(err))
+	}
+	if msg := binaryFieldError(data, v); msg != "" {
+		return errors.New(msg)
+	}
+	return errors.New(jsonErrText(err))
 }
 
 // jsonErrText turns encoding/json errors into a sentence that names the field.

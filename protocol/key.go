@@ -17,7 +17,7 @@ import (
 type PublicKey struct{ k [ed25519.PublicKeySize]byte }
 
 // ErrBadBase64 reports a value that is not standard, padded base64.
-var ErrBadBase64 = errors.New("not standard base64 with padding")
+var ErrBadBase64 = errors.New("is not standard base64 with padding")
 
 // ErrKeyLength reports a public key that does not decode to 32 bytes.
 var ErrKeyLength = errors.New("public key must be 32 bytes")

@@ -195,3 +195,15 @@ func TestEncodeFrames(t *testing.T) {
 		t.Fatal("error frame without a request has a request_id field")
 	}
 }
+
+// A 400 or an error frame names the field that is wrong.
+func TestErrorsNameTheField(t *testing.T) {
+	_, err := DecodeSignBody([]byte(`{"public_key":"AA","message":"aGk="}`))
+	if err == nil || !strings.Contains(err.Error(), `"public_key" is not standard base64`) {
+		t.Fatalf("body: %v", err)
+	}
+	_, err = DecodeHolderFrame([]byte(`{"type":"sign_response","request_id":"` + validID + `","message":"aGk=","signature":"x"}`))
+	if err == nil || !strings.Contains(err.Error(), `"signature" is not standard base64`) {
+		t.Fatalf("frame: %v", err)
+	}
+}

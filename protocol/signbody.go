@@ -2,10 +2,8 @@ package protocol
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 )
 
@@ -32,15 +30,11 @@ var ErrReservedMessage = errors.New(`"message" must not start with the reserved 
 // the configured size limit; the caller maps that to 413.
 func DecodeSignBody(body []byte) (*SignBody, error) {
 	var b SignBody
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&b); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty body; expected a JSON object")
-		}
-		return nil, errors.New("invalid JSON: " + jsonErrText(err))
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, errors.New("empty body; expected a JSON object")
 	}
-	if dec.More() {
-		return nil, errors.New("invalid JSON: data after the object")
+	if err := decodeInto(body, &b); err != nil {
+		return nil, err
 	}
 	if err := Validate(&b); err != nil {
 		return nil, err

@@ -229,11 +229,11 @@ func TestHTTPSurface(t *testing.T) {
 		{"GET /ws without upgrade", http.MethodGet, "/ws", http.StatusUpgradeRequired, func(t *testing.T, res *http.Response, body []byte) {
 			expectErrorBody(t, res.Header, body, "")
 		}},
-		{"GET /sign", http.MethodGet, "/sign", 0, func(t *testing.T, res *http.Response, body []byte) {
-			if res.StatusCode < 400 {
-				t.Fatalf("GET /sign: %d, want an error", res.StatusCode)
+		{"GET /sign", http.MethodGet, "/sign", http.StatusMethodNotAllowed, func(t *testing.T, res *http.Response, body []byte) {
+			expectErrorBody(t, res.Header, body, "method_not_allowed")
+			if res.Header.Get("Allow") != http.MethodPost {
+				t.Fatalf("Allow %q, want POST", res.Header.Get("Allow"))
 			}
-			expectErrorBody(t, res.Header, body, "")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
