@@ -6,7 +6,7 @@ GO        ?= go
 CHROMIUM  ?= /usr/bin/chromium
 FUZZTIME  ?= 10s
 
-.PHONY: run test test-go test-browser fuzz bench-smoke bench lint deps deps-go deps-browser
+.PHONY: run test test-go test-browser fuzz bench-smoke bench bench-quick lint deps deps-go deps-browser
 
 run:
 	$(GO) run .
@@ -40,3 +40,12 @@ bench-smoke: deps-go
 
 test-browser: deps-browser
 	CHROMIUM_PATH=$(CHROMIUM) node --test tests/browser/unit.test.mjs tests/browser/e2e.test.mjs
+
+# Reproduce docs/benchmarks.md: builds the relay and the load generator,
+# runs the load, latency and idle-connection runs on loopback and the
+# testing.B benchmarks (~7 min). bench-quick is a shorter version.
+bench: deps-go
+	scripts/bench.sh
+
+bench-quick: deps-go
+	scripts/bench.sh quick
