@@ -102,6 +102,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		WriteTimeout:          30 * time.Second,
 		IdleTimeout:           2 * time.Minute,
 		ErrorHandler:          s.errorHandler,
+		// Release fasthttp's 4 KiB read buffer between requests, so that a
+		// hijacked WebSocket does not keep it (it reads through its own).
+		ReduceMemoryUsage: true,
 	})
 	s.app.Get("/healthz", s.handleHealth)
 	s.app.Post("/sign", s.handleSign)

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -150,12 +151,21 @@ var ErrBinaryFrame = &FrameError{Code: CodeMalformedFrame, Message: "binary fram
 // *Introduction, *SignResponse or *SignReject. Any other input gives a
 // *FrameError with the code to send back. Unknown fields are ignored.
 func DecodeHolderFrame(data []byte) (any, error) {
-	var env struct {
-		Type *string `json:"type"`
-	}
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: "frame must be a JSON object"}
+	}
+	if v, ok := decodeHolderFrameFast(data); ok {
+		return v, nil
+	}
+	return decodeHolderFrameSlow(data)
+}
+
+// decodeHolderFrameSlow is the reference decoder: envelope, then the typed
+// frame, then the validator. It explains every refusal precisely.
+func decodeHolderFrameSlow(data []byte) (any, error) {
+	var env struct {
+		Type *string `json:"type"`
 	}
 	if err := json.Unmarshal(data, &env); err != nil {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: "invalid JSON: " + jsonErrText(err)}
@@ -181,6 +191,66 @@ func DecodeHolderFrame(data []byte) (any, error) {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error(), RequestID: peekRequestID(data)}
 	}
 	return v, nil
+}
+
+// holderFrame holds every field a key holder's frame may carry, so that a
+// well-formed frame is decoded in one pass without the validator.
+type holderFrame struct {
+	Type      *string `json:"type"`
+	RequestID string  `json:"request_id"`
+	Message   Bytes   `json:"message"`
+	Signature Bytes   `json:"signature"`
+	PublicKey Bytes   `json:"public_key"`
+	Reason    string  `json:"reason"`
+}
+
+// decodeHolderFrameFast decodes the frames that the slow path would accept
+// and says false for anything else, which the slow path then decodes again
+// to produce its precise error. It never accepts what the slow path refuses.
+func decodeHolderFrameFast(data []byte) (any, bool) {
+	var f holderFrame
+	if json.Unmarshal(data, &f) != nil || f.Type == nil {
+		return nil, false
+	}
+	switch *f.Type {
+	case TypeSignResponse:
+		if !isUUID(f.RequestID) || f.Message == nil || len(f.Signature) != SignatureSize {
+			return nil, false
+		}
+		return &SignResponse{Type: TypeSignResponse, RequestID: f.RequestID, Message: f.Message, Signature: f.Signature}, true
+	case TypeSignReject:
+		if !isUUID(f.RequestID) {
+			return nil, false
+		}
+		return &SignReject{Type: TypeSignReject, RequestID: f.RequestID, Reason: f.Reason}, true
+	case TypeIntroduction:
+		if len(f.PublicKey) != 32 || len(f.Signature) != SignatureSize {
+			return nil, false
+		}
+		return &Introduction{Type: TypeIntroduction, PublicKey: f.PublicKey, Signature: f.Signature}, true
+	}
+	return nil, false
+}
+
+// isUUID matches the validator's "uuid" tag: 8-4-4-4-12 hex digits.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+			continue
+		}
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 // peekRequestID recovers a well-formed request_id from a frame that failed
@@ -268,10 +338,29 @@ func EncodeIntroduced(key PublicKey, sessionID string) []byte {
 // EncodeSignRequest builds a sign_request; expiresAt is sent in UTC, RFC 3339
 // with milliseconds.
 func EncodeSignRequest(requestID string, message []byte, description string, expiresAt time.Time) []byte {
-	return mustMarshal(SignRequest{
-		Type: TypeSignRequest, RequestID: requestID, Message: message,
-		Description: description, ExpiresAt: FormatTime(expiresAt),
-	})
+	b := make([]byte, 0, 110+len(requestID)+base64.StdEncoding.EncodedLen(len(message))+len(description))
+	b = append(b, `{"type":"sign_request","request_id":`...)
+	b = appendJSONString(b, requestID)
+	b = append(b, `,"message":"`...)
+	b = base64.StdEncoding.AppendEncode(b, message)
+	b = append(b, `","description":`...)
+	b = appendJSONString(b, description)
+	b = append(b, `,"expires_at":"`...)
+	b = expiresAt.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+	return append(b, `"}`...)
+}
+
+// appendJSONString appends s as encoding/json would write it: verbatim
+// when it needs no escape, else through json.Marshal.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return append(b, mustMarshal(s)...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // EncodeSignCancel builds a sign_cancel with one of the Cancel* reasons.

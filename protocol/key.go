@@ -5,6 +5,7 @@
 package protocol
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -102,6 +103,20 @@ type Bytes []byte
 // UnmarshalJSON decodes a JSON string of strict standard base64.
 func (b *Bytes) UnmarshalJSON(data []byte) error {
 	if string(data) == "null" {
+		return nil
+	}
+	// A JSON string without escapes is its own content: decode it in place.
+	if n := len(data); n >= 2 && data[0] == '"' && data[n-1] == '"' && bytes.IndexByte(data[1:n-1], '\\') < 0 {
+		raw := data[1 : n-1]
+		if bytes.ContainsAny(raw, "\r\n") {
+			return ErrBadBase64
+		}
+		v := make([]byte, base64.StdEncoding.DecodedLen(len(raw)))
+		m, err := base64.StdEncoding.Strict().Decode(v, raw)
+		if err != nil {
+			return ErrBadBase64
+		}
+		*b = v[:m]
 		return nil
 	}
 	var s string

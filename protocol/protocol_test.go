@@ -207,3 +207,23 @@ func TestErrorsNameTheField(t *testing.T) {
 		t.Fatalf("frame: %v", err)
 	}
 }
+
+// The hand-built encoders write what encoding/json would.
+func TestEncodersMatchEncodingJSON(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	k, _ := PublicKeyFromBytes(pub)
+	msg := []byte("m\x00<&>")
+	got := EncodeSignResult(validID, k, msg, ed25519.Sign(priv, msg))
+	want, _ := json.Marshal(SignResult{RequestID: validID, PublicKey: k, Message: msg, Signature: ed25519.Sign(priv, msg)})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("result\n got %s\nwant %s", got, want)
+	}
+	exp := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	for _, desc := range []string{"", "plain", "quote\" <tag> & \\ \n é \u2028"} {
+		got := EncodeSignRequest(validID, msg, desc, exp)
+		want, _ := json.Marshal(SignRequest{Type: TypeSignRequest, RequestID: validID, Message: msg, Description: desc, ExpiresAt: FormatTime(exp)})
+		if !bytes.Equal(got, want) {
+			t.Fatalf("sign_request %q\n got %s\nwant %s", desc, got, want)
+		}
+	}
+}
