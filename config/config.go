@@ -58,9 +58,15 @@ type WebSocket struct {
 	// (scheme://host[:port]) that may connect; requests without Origin
 	// (non-browser clients) are always allowed.
 	AllowedOrigins []string `yaml:"allowed_origins"`
-	// SendQueue is how many frames may wait for a slow key holder before its
-	// connection is closed. websocket.send_queue, default 256.
+	// SendQueue is how many frames may wait for a key holder before its
+	// connection is closed. It is raised to what redelivering every pending
+	// request of the key needs (2 × sign.max_pending_per_key + 32).
+	// websocket.send_queue, default 256.
 	SendQueue int `yaml:"send_queue"`
+	// WriteTimeout bounds writing one frame; a key holder that reads
+	// nothing for that long is disconnected (its requests wait for the key
+	// to reconnect). websocket.write_timeout, default 10s.
+	WriteTimeout Duration `yaml:"write_timeout"`
 }
 
 // Limit is a token bucket: Rate events per second, bursts up to Burst.
@@ -103,7 +109,7 @@ func Default() Config {
 		},
 		WebSocket: WebSocket{
 			IntroductionTimeout: Duration(10 * time.Second), PingInterval: Duration(20 * time.Second),
-			MaxFrameBytes: 262144, SendQueue: 256,
+			MaxFrameBytes: 262144, SendQueue: 256, WriteTimeout: Duration(10 * time.Second),
 		},
 		RateLimits: RateLimits{
 			Enabled:          true,
@@ -200,6 +206,9 @@ func (c *Config) Validate() error {
 	}
 	if w.SendQueue < 8 || w.SendQueue > 1<<16 {
 		return bad("websocket.send_queue", "%d is out of range (8 to 65536)", w.SendQueue)
+	}
+	if w.WriteTimeout.D() < 100*time.Millisecond || w.WriteTimeout.D() > 5*time.Minute {
+		return bad("websocket.write_timeout", "%s is out of range (100ms to 5m)", w.WriteTimeout)
 	}
 	for i, o := range w.AllowedOrigins {
 		u, err := url.Parse(o)

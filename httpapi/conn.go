@@ -3,6 +3,7 @@ package httpapi
 import (
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,9 +15,8 @@ import (
 )
 
 const (
-	writeWait     = 10 * time.Second // one frame to a key holder
-	closeWait     = 2 * time.Second  // the peer's answer to our close frame
-	badFrameBurst = 20               // bad frames tolerated at once before 1008
+	closeWait     = 2 * time.Second // the peer's answer to our close frame
+	badFrameBurst = 20              // bad frames tolerated at once before 1008
 )
 
 // holderConn is one key-holder WebSocket. One goroutine (the handler's) reads.
@@ -80,14 +80,14 @@ func (c *holderConn) Send(frame []byte) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.srv.cfg.WebSocket.SendQueue {
+	if len(c.queue) >= c.srv.queueLimit {
 		c.ending.Store(true)
 		c.closed = true
 		c.queue = nil
 		c.mu.Unlock()
 		c.log.Warn("send queue full; closing slow key holder")
 		c.writeCloseNow(protocol.ClosePolicyViolation, "send queue full")
-		_ = c.ws.NetConn().Close()
+		c.abort()
 		return false
 	}
 	c.queue = append(c.queue, frame)
@@ -132,7 +132,7 @@ func (c *holderConn) drain() {
 			if err := c.writeNow(f); err != nil {
 				c.log.Debug("write failed", "err", err)
 				c.markClosed()
-				_ = c.ws.NetConn().Close()
+				c.abort()
 				c.mu.Lock()
 				c.writing = false
 				c.mu.Unlock()
@@ -183,10 +183,22 @@ func (c *holderConn) finish() {
 	c.writers.Wait()
 }
 
+// abort closes the TCP connection at once, so that the reader fails and the
+// holder is detached. NetConn is fasthttp's hijack wrapper, whose Close does
+// nothing (fasthttp closes the socket when the handler returns), so the
+// socket underneath is closed.
+func (c *holderConn) abort() {
+	nc := c.ws.NetConn()
+	if u, ok := nc.(interface{ UnsafeConn() net.Conn }); ok {
+		nc = u.UnsafeConn()
+	}
+	_ = nc.Close()
+}
+
 // writeNow writes one frame synchronously; only the handshake and the writer
 // goroutine call it, never both at once.
 func (c *holderConn) writeNow(frame []byte) error {
-	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	_ = c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WebSocket.WriteTimeout.D()))
 	return c.ws.WriteMessage(websocket.TextMessage, frame)
 }
 
@@ -228,7 +240,7 @@ func (c *holderConn) startPinger() {
 		if stop {
 			return
 		}
-		if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+		if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.srv.cfg.WebSocket.WriteTimeout.D())); err != nil {
 			return
 		}
 		c.mu.Lock()

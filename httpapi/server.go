@@ -43,6 +43,11 @@ type Server struct {
 	perPublicKey *keyedLimiter
 	perIP        *keyedLimiter
 
+	// queueLimit is websocket.send_queue, raised so that a key holder that
+	// reconnects can always be handed every pending request of its key
+	// (and their cancels) plus error frames.
+	queueLimit int
+
 	draining atomic.Bool
 
 	mu sync.Mutex
@@ -71,6 +76,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		conns:     make(map[*holderConn]struct{}),
 		connsDone: make(chan struct{}),
 	}
+	s.queueLimit = max(cfg.WebSocket.SendQueue, 2*cfg.Sign.MaxPendingPerKey+badFrameBurst+12)
 	for _, k := range cfg.APIKeys {
 		s.apiKeys = append(s.apiKeys, sha256.Sum256([]byte(k)))
 	}
