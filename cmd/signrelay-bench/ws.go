@@ -19,6 +19,7 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/signrelay/signrelay/protocol"
@@ -47,6 +48,9 @@ type wsConn struct {
 	rpos int
 	rend int
 	msg  []byte // message being reassembled from fragments
+
+	wmu sync.Mutex // serialises writers: the serving loop, and close at shutdown
+	// guards the following fields
 	wbuf []byte // outbound frame under construction
 	rng  *mrand.PCG
 }
@@ -214,6 +218,8 @@ func (ws *wsConn) next() (op byte, payload []byte, err error) {
 
 // write sends one masked frame with opcode op.
 func (ws *wsConn) write(op byte, payload []byte) error {
+	ws.wmu.Lock()
+	defer ws.wmu.Unlock()
 	ws.wbuf = appendFrame(ws.wbuf[:0], op, payload, uint32(ws.rng.Uint64()))
 	_, err := ws.c.Write(ws.wbuf)
 	return err
