@@ -148,10 +148,8 @@ func securityHeaders(c *fiber.Ctx) error {
 	return c.Next()
 }
 
-// Service exposes the signing service, for in-process embedding and tests.
-func (s *Server) Service() *signing.Service { return s.svc }
-
-// Registry exposes the registry of live key holders.
+// Registry exposes the registry of live key holders, for benchmarks and
+// operators embedding the server.
 func (s *Server) Registry() *registry.Registry { return s.reg }
 
 // Serve accepts connections on ln until Shutdown; with TLS configured it

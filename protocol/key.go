@@ -48,9 +48,6 @@ func (k PublicKey) Bytes() ed25519.PublicKey { return append(ed25519.PublicKey(n
 // Array returns the raw key by value, without allocating.
 func (k PublicKey) Array() [ed25519.PublicKeySize]byte { return k.k }
 
-// IsZero reports whether k was never set.
-func (k PublicKey) IsZero() bool { return k == PublicKey{} }
-
 // String is the wire form: standard base64 with padding.
 func (k PublicKey) String() string { return base64.StdEncoding.EncodeToString(k.k[:]) }
 

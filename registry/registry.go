@@ -107,14 +107,6 @@ func (r *Registry) Holders(k protocol.PublicKey) []Holder {
 	return s.byKey[k]
 }
 
-// Has reports whether k has at least one live holder.
-func (r *Registry) Has(k protocol.PublicKey) bool {
-	s := r.shardOf(k)
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.byKey[k]) > 0
-}
-
 // Len returns the number of registered holders.
 func (r *Registry) Len() int {
 	n := 0
@@ -125,19 +117,4 @@ func (r *Registry) Len() int {
 		s.mu.RUnlock()
 	}
 	return n
-}
-
-// All returns a snapshot of every registered holder, for shutdown: the caller
-// closes them after the locks are released.
-func (r *Registry) All() []Holder {
-	var out []Holder
-	for i := range r.shards {
-		s := &r.shards[i]
-		s.mu.RLock()
-		for _, list := range s.byKey {
-			out = append(out, list...)
-		}
-		s.mu.RUnlock()
-	}
-	return out
 }
