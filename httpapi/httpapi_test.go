@@ -2,7 +2,10 @@ package httpapi
 
 import (
 	"crypto/sha256"
+	"io"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/gofiber/fiber/v2"
@@ -95,5 +98,28 @@ func TestSignErrorTable(t *testing.T) {
 		if got, _ := mapSignError(err); got != status {
 			t.Errorf("%v: %d, want %d", err, got, status)
 		}
+	}
+}
+
+// A handler that panics costs its request a 500 in the contract's shape,
+// never the process.
+func TestPanicIsRecovered(t *testing.T) {
+	cfg := config.Default()
+	cfg.APIKeys = []string{"panic-test-key-0123456789"}
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.svc = nil // POST /sign now panics on a nil service
+	body := `{"public_key":"` + strings.Repeat("A", 43) + `=","message":"aGk="}`
+	req := httptest.NewRequest("POST", "/sign", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer panic-test-key-0123456789")
+	res, err := s.app.Test(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 500 || !strings.Contains(string(out), `"code":"internal_error"`) {
+		t.Fatalf("%d %s", res.StatusCode, out)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
+	"github.com/gofiber/fiber/v2/middleware/recover"
 
 	"github.com/signrelay/signrelay/config"
 	"github.com/signrelay/signrelay/registry"
@@ -112,6 +114,11 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		// hijacked WebSocket does not keep it (it reads through its own).
 		ReduceMemoryUsage: true,
 	})
+	// A bug that panics in a handler costs that request a 500, never the
+	// relay and every request it holds.
+	s.app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
+		s.log.Error("panic in handler", "path", c.Path(), "panic", e, "stack", string(debug.Stack()))
+	}}))
 	s.app.Get("/healthz", s.handleHealth)
 	s.app.Post("/sign", s.handleSign)
 	s.app.All("/sign", func(c *fiber.Ctx) error {
