@@ -10,24 +10,15 @@ import (
 	"github.com/signrelay/signrelay/protocol"
 )
 
-type benchHolder struct {
-	k  protocol.PublicKey
-	id string
-}
-
-func (h *benchHolder) Key() protocol.PublicKey { return h.k }
-func (h *benchHolder) SessionID() string       { return h.id }
-func (h *benchHolder) Send([]byte) bool        { return true }
-
 // benchHolders makes n holders with distinct, well-spread keys.
-func benchHolders(n int) []*benchHolder {
-	hs := make([]*benchHolder, n)
+func benchHolders(n int) []*fake {
+	hs := make([]*fake, n)
 	for i := range hs {
 		var b [32]byte
 		binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
 		binary.LittleEndian.PutUint64(b[8:16], uint64(i))
 		k, _ := protocol.PublicKeyFromBytes(b[:])
-		hs[i] = &benchHolder{k: k, id: strconv.Itoa(i)}
+		hs[i] = &fake{key: k, id: strconv.Itoa(i)}
 	}
 	return hs
 }
@@ -45,7 +36,7 @@ func BenchmarkHolders(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		rng := rand.New(rand.NewPCG(rand.Uint64(), 0))
 		for pb.Next() {
-			if len(r.Holders(hs[rng.IntN(len(hs))].k)) != 1 {
+			if len(r.Holders(hs[rng.IntN(len(hs))].key)) != 1 {
 				b.Error("holder missing")
 				return
 			}
@@ -94,7 +85,7 @@ func BenchmarkHoldersUnderChurn(b *testing.B) {
 				}
 				continue
 			}
-			_ = r.Holders(hs[rng.IntN(len(hs))].k)
+			_ = r.Holders(hs[rng.IntN(len(hs))].key)
 		}
 	})
 }
@@ -105,9 +96,9 @@ func BenchmarkSameKeyAddRemove(b *testing.B) {
 	base := benchHolders(1)[0]
 	r := New()
 	for i := range 8 {
-		r.Add(&benchHolder{k: base.k, id: strconv.Itoa(i)})
+		r.Add(&fake{key: base.key, id: strconv.Itoa(i)})
 	}
-	extra := &benchHolder{k: base.k, id: "extra"}
+	extra := &fake{key: base.key, id: "extra"}
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Add(extra)
