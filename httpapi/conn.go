@@ -26,7 +26,7 @@ const (
 type holderConn struct {
 	srv       *Server
 	ws        *websocket.Conn
-	log       *slog.Logger
+	ip        string
 	badFrames *rate.Limiter
 	key       protocol.PublicKey // set once introduced, then read-only
 	session   string
@@ -49,10 +49,19 @@ func newHolderConn(s *Server, ws *websocket.Conn, ip string) *holderConn {
 	return &holderConn{
 		srv:       s,
 		ws:        ws,
-		log:       s.log.With("remote", ip),
+		ip:        ip,
 		badFrames: rate.NewLimiter(1, badFrameBurst),
 		held:      true,
 	}
+}
+
+// logger is built when something is logged, not kept: with tens of
+// thousands of idle connections a logger each is memory for nothing.
+func (c *holderConn) logger() *slog.Logger {
+	if c.session == "" {
+		return c.srv.log.With("remote", c.ip)
+	}
+	return c.srv.log.With("remote", c.ip, "key", c.key.ShortString(), "session", c.session)
 }
 
 // release lets queued frames flow once the handshake is done.
@@ -85,7 +94,7 @@ func (c *holderConn) Send(frame []byte) bool {
 		c.closed = true
 		c.queue = nil
 		c.mu.Unlock()
-		c.log.Warn("send queue full; closing slow key holder")
+		c.logger().Warn("send queue full; closing slow key holder")
 		c.writeCloseNow(protocol.ClosePolicyViolation, "send queue full")
 		c.abort()
 		return false
@@ -130,7 +139,7 @@ func (c *holderConn) drain() {
 		c.mu.Unlock()
 		for _, f := range batch {
 			if err := c.writeNow(f); err != nil {
-				c.log.Debug("write failed", "err", err)
+				c.logger().Debug("write failed", "err", err)
 				c.markClosed()
 				c.abort()
 				c.mu.Lock()

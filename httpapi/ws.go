@@ -67,17 +67,16 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	if err := c.introduce(); err != nil {
 		var ie *errIntroduction
 		if errors.As(err, &ie) {
-			c.log.Info("introduction failed", "why", ie.msg)
+			c.logger().Info("introduction failed", "why", ie.msg)
 			c.writeNow(protocol.EncodeError(protocol.CodeIntroductionFailed, ie.msg, ""))
 			c.writeCloseNow(protocol.CloseIntroductionFailed, "introduction failed")
 		} else {
-			c.log.Debug("connection ended before introduction", "err", err)
+			c.logger().Debug("connection ended before introduction", "err", err)
 		}
 		c.lingerRaw()
 		return
 	}
-	c.log = c.log.With("key", c.key.ShortString(), "session", c.session)
-	c.log.Debug("introduced")
+	c.logger().Debug("introduced")
 
 	// The key holder may ask for a signature the moment it reads
 	// "introduced", so it must already be routable then: queue the frame,
@@ -89,7 +88,7 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	c.startPinger()
 	reason := c.readLoop()
 	s.svc.Detach(c)
-	c.log.Debug("connection closed", "why", reason)
+	c.logger().Debug("connection closed", "why", reason)
 	c.shutdown()
 }
 
