@@ -45,6 +45,8 @@ type Server struct {
 	perPublicKey *keyedLimiter
 	perIP        *keyedLimiter
 
+	// bodyLimit is the largest POST /sign body accepted (see bodyLimit()).
+	bodyLimit int
 	// queueLimit is websocket.send_queue, raised so that a key holder that
 	// reconnects can always be handed every pending request of its key
 	// (and their cancels) plus error frames.
@@ -78,6 +80,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		conns:     make(map[*holderConn]struct{}),
 		connsDone: make(chan struct{}),
 	}
+	s.bodyLimit = bodyLimit(cfg.Sign.MaxMessageBytes)
 	s.queueLimit = max(cfg.WebSocket.SendQueue, 2*cfg.Sign.MaxPendingPerKey+badFrameBurst+12)
 	for _, k := range cfg.APIKeys {
 		s.apiKeys = append(s.apiKeys, sha256.Sum256([]byte(k)))
@@ -105,7 +108,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	s.app = fiber.New(fiber.Config{
 		AppName:               "signrelay",
 		DisableStartupMessage: true,
-		BodyLimit:             bodyLimit(cfg.Sign.MaxMessageBytes),
+		BodyLimit:             hardBodyLimit(s.bodyLimit),
 		ReadTimeout:           30 * time.Second,
 		WriteTimeout:          30 * time.Second,
 		IdleTimeout:           2 * time.Minute,
@@ -143,6 +146,14 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 // plus the other fields, so that larger messages get a clear 413.
 func bodyLimit(maxMessage int) int {
 	return (maxMessage+2)/3*4 + 16<<10
+}
+
+// hardBodyLimit is fasthttp's own limit, well above ours. fasthttp answers a
+// body over its limit without reading it and closes the socket, and the
+// kernel's reset can destroy that answer before the client reads it; a body
+// under it is read in full, so our own 413 always arrives.
+func hardBodyLimit(soft int) int {
+	return max(8*soft, 1<<20)
 }
 
 func securityHeaders(c *fiber.Ctx) error {

@@ -55,6 +55,10 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	if ok, retry := s.perAPIKey.allow(strconv.Itoa(keyIndex)); !ok {
 		return rateLimited(c, retry, "API key", "")
 	}
+	if n := len(c.Body()); n > s.bodyLimit {
+		return writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
+			fmt.Sprintf("request body is %d bytes; the limit for a %d-byte message is %d", n, s.cfg.Sign.MaxMessageBytes, s.bodyLimit), "")
+	}
 	body, err := protocol.DecodeSignBody(c.Body())
 	if err != nil {
 		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, err.Error(), "")
