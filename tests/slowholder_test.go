@@ -10,11 +10,13 @@ import (
 // TestSlowHolderIsClosedAndRequestsSurvive: a key holder that stops reading
 // stalls the relay's writes to it; after websocket.write_timeout the relay
 // disconnects it rather than block or drop requests, and the key's next
-// connection gets every request that is still pending.
+// connection gets every request that is still pending. The write timeout
+// also applies to that next connection, so it is long enough for this test's
+// reader to take a 1.4 MB frame on a loaded machine.
 func TestSlowHolderIsClosedAndRequestsSurvive(t *testing.T) {
 	const n = 24
 	r := startRelay(t, func(c *configT) {
-		c.WebSocket.WriteTimeout = configDuration(300 * time.Millisecond)
+		c.WebSocket.WriteTimeout = configDuration(2 * time.Second)
 		c.Sign.MaxMessageBytes = 1 << 20
 	})
 	slow := r.connect(t, nil) // and never reads again
