@@ -140,7 +140,7 @@ func Load(path string, required bool, getenv func(string) string) (Config, error
 	if v := getenv("SIGNRELAY_LISTEN"); v != "" {
 		cfg.Listen = v
 	}
-	if v, ok := lookup(getenv, "SIGNRELAY_API_KEYS"); ok {
+	if v := getenv("SIGNRELAY_API_KEYS"); v != "" {
 		cfg.APIKeys = nil
 		for _, k := range strings.Split(v, ",") {
 			if k = strings.TrimSpace(k); k != "" {
@@ -153,11 +153,6 @@ func Load(path string, required bool, getenv func(string) string) (Config, error
 		cfg.GeneratedAPIKey = true
 	}
 	return cfg, cfg.Validate()
-}
-
-func lookup(getenv func(string) string, name string) (string, bool) {
-	v := getenv(name)
-	return v, v != ""
 }
 
 func newAPIKey() string {

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/utils"
 
 	"github.com/signrelay/signrelay/signing"
 )
@@ -85,11 +86,8 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 			code, msg = codeMessageTooLarge, "request body is larger than the configured limit"
 		case fiber.StatusUpgradeRequired:
 			code = codeUpgradeRequired
-		default:
-			code = strings.ReplaceAll(strings.ToLower(fiber.ErrBadRequest.Message), " ", "_")
-			if fe.Code != fiber.StatusBadRequest {
-				code = strings.ReplaceAll(strings.ToLower(fiber.NewError(fe.Code).Message), " ", "_")
-			}
+		default: // "Request Header Fields Too Large" -> request_header_fields_too_large
+			code = strings.ReplaceAll(strings.ToLower(utils.StatusMessage(fe.Code)), " ", "_")
 		}
 	} else {
 		s.log.Error("unhandled error", "path", c.Path(), "err", err)
