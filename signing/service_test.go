@@ -75,6 +75,15 @@ func newHolder(t *testing.T, priv ed25519.PrivateKey, id string) *holder {
 	return &holder{key: k, priv: priv, id: id, frames: make(chan []byte, 16)}
 }
 
+// attachPair attaches two connections of one new key, as two tabs would be.
+func attachPair(t *testing.T, s *Service) (a, b *holder) {
+	a = newHolder(t, nil, "a")
+	b = newHolder(t, a.priv, "b")
+	s.Attach(a)
+	s.Attach(b)
+	return a, b
+}
+
 func (h *holder) answer(req frame) *protocol.SignResponse {
 	return &protocol.SignResponse{RequestID: req.RequestID, Message: req.Message, Signature: ed25519.Sign(h.priv, req.Message)}
 }
@@ -113,10 +122,7 @@ func setup(t *testing.T, opts Options) (*Service, *registry.Registry) {
 
 func TestFirstValidAnswerWins(t *testing.T) {
 	s, _ := setup(t, Options{})
-	a := newHolder(t, nil, "a")
-	b := newHolder(t, a.priv, "b")
-	s.Attach(a)
-	s.Attach(b)
+	a, b := attachPair(t, s)
 	ch := start(s, context.Background(), Request{Key: a.key, Message: []byte("m")})
 	ra, rb := a.next(t), b.next(t)
 	if ra.RequestID != rb.RequestID {
@@ -233,10 +239,7 @@ func TestRedeliveryAndDetach(t *testing.T) {
 
 func TestInvalidThenDetachOfLastGood(t *testing.T) {
 	s, _ := setup(t, Options{})
-	a := newHolder(t, nil, "a")
-	b := newHolder(t, a.priv, "b")
-	s.Attach(a)
-	s.Attach(b)
+	a, b := attachPair(t, s)
 	ch := start(s, context.Background(), Request{Key: a.key, Message: []byte("m")})
 	ra := a.next(t)
 	b.next(t)

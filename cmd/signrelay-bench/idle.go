@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -227,26 +226,11 @@ func (s *idleSet) sweep() int {
 func (s *idleSet) handleFrames(ic *idleConn, rng *mrand.Rand) bool {
 	b := ic.buf
 	for len(b) >= 2 {
-		n := int(b[1] & 0x7f)
-		hdr := 2
-		switch n {
-		case 126:
-			hdr = 4
-		case 127:
-			hdr = 10
-		}
-		if b[1]&0x80 != 0 {
-			hdr += 4
-		}
+		hdr := frameHeaderLen(b[1])
 		if len(b) < hdr {
 			break
 		}
-		switch n {
-		case 126:
-			n = int(binary.BigEndian.Uint16(b[2:4]))
-		case 127:
-			n = int(binary.BigEndian.Uint64(b[2:10]) & (1<<31 - 1))
-		}
+		n := int(framePayloadLen(b) & (1<<31 - 1))
 		if len(b) < hdr+n {
 			break
 		}

@@ -160,31 +160,15 @@ func (ws *wsConn) next() (op byte, payload []byte, err error) {
 		b0, b1 := ws.rbuf[ws.rpos], ws.rbuf[ws.rpos+1]
 		fin, fop := b0&0x80 != 0, b0&0x0f
 		masked := b1&0x80 != 0
-		n := int(b1 & 0x7f)
-		hdr := 2
-		switch n {
-		case 126:
-			hdr = 4
-		case 127:
-			hdr = 10
-		}
-		if masked {
-			hdr += 4
-		}
+		hdr := frameHeaderLen(b1)
 		if err := ws.fill(hdr); err != nil {
 			return 0, nil, err
 		}
-		h := ws.rbuf[ws.rpos:]
-		switch n {
-		case 126:
-			n = int(binary.BigEndian.Uint16(h[2:4]))
-		case 127:
-			v := binary.BigEndian.Uint64(h[2:10])
-			if v > maxInbound {
-				return 0, nil, errors.New("websocket: frame too large")
-			}
-			n = int(v)
+		v := framePayloadLen(ws.rbuf[ws.rpos:])
+		if v > maxInbound {
+			return 0, nil, errors.New("websocket: frame too large")
 		}
+		n := int(v)
 		if n > maxInbound || len(ws.msg)+n > maxInbound {
 			return 0, nil, errors.New("websocket: message too large")
 		}
@@ -223,6 +207,34 @@ func (ws *wsConn) write(op byte, payload []byte) error {
 	ws.wbuf = appendFrame(ws.wbuf[:0], op, payload, uint32(ws.rng.Uint64()))
 	_, err := ws.c.Write(ws.wbuf)
 	return err
+}
+
+// frameHeaderLen is the size of a frame's header, known from its second
+// byte: 2, 4 or 10 bytes, plus 4 for a mask.
+func frameHeaderLen(b1 byte) int {
+	hdr := 2
+	switch b1 & 0x7f {
+	case 126:
+		hdr = 4
+	case 127:
+		hdr = 10
+	}
+	if b1&0x80 != 0 {
+		hdr += 4
+	}
+	return hdr
+}
+
+// framePayloadLen reads the payload length from a complete frame header.
+func framePayloadLen(h []byte) uint64 {
+	switch n := h[1] & 0x7f; n {
+	case 126:
+		return uint64(binary.BigEndian.Uint16(h[2:4]))
+	case 127:
+		return binary.BigEndian.Uint64(h[2:10])
+	default:
+		return uint64(n)
+	}
 }
 
 // appendFrame appends one client frame (FIN set, masked with mask).
