@@ -1,6 +1,10 @@
 // The key-holder page: DOM wiring around relay-client.js and keystore.js.
-// All text that comes from the relay or a backend is set with textContent,
-// never parsed as HTML.
+// All text that comes from the relay or a backend is put in as DOM nodes by
+// display.js, never parsed as HTML: its hidden and control characters (bidi
+// overrides, CR/LF, zero-width characters...) are shown as visible tokens
+// such as ⟨U+202E⟩ instead of being applied, and where it stands inside a
+// sentence of the page it sits in a <bdi>, so right-to-left text cannot
+// reorder the words around it.
 
 import {
   RelayClient,
@@ -12,6 +16,7 @@ import {
   renderMessage,
 } from "./relay-client.js";
 import { forgetKey, keystoreAvailable, loadKey, loadOrStoreKey, replaceKey } from "./keystore.js";
+import { displayText, hiddenCharWarning, isolatedText, renderInto } from "./display.js";
 
 const HISTORY_LIMIT = 20;
 const NOTICE_LIMIT = 4;
@@ -49,7 +54,30 @@ const app = {
   persistent: true, // false when IndexedDB cannot be used
   reconnectAt: null, // Date of the next scheduled reconnect
   channel: null,
+  cardSeq: 0, // numbers the ids of card elements
 };
+
+/**
+ * Appends page text and relay text to `el`: strings are the page's own words,
+ * `{relay: text}` is text from the relay or a backend, rendered by display.js
+ * into an isolated <bdi>.
+ * @param {Element} el
+ * @param {Array<string | {relay: string}>} parts
+ * @returns {number} hidden characters found in the relay text
+ */
+function appendParts(el, parts) {
+  let hidden = 0;
+  for (const part of parts) {
+    if (typeof part === "string") {
+      el.append(part);
+    } else {
+      const { node, hiddenCount } = isolatedText(document, part.relay);
+      el.append(node);
+      hidden += hiddenCount;
+    }
+  }
+  return hidden;
+}
 
 // ---------------------------------------------------------------------------
 // Start-up.
@@ -271,7 +299,7 @@ function onState(detail) {
       break;
     case "connected":
       setConn("connected", "Connected");
-      $("conn-text").title = `Session ${detail.sessionId}`;
+      $("conn-text").title = `Session ${displayText(detail.sessionId)}`;
       announce("Connected to the relay.");
       break;
     case "reconnecting":
@@ -280,8 +308,8 @@ function onState(detail) {
       if (detail.attempt === 1) announce("Connection to the relay lost. Reconnecting.");
       break;
     case "rejected":
-      setConn("rejected", `Rejected by the relay: ${detail.reason}`);
-      announce(`The relay rejected this key: ${detail.reason}`);
+      setConn("rejected", ["Rejected by the relay: ", { relay: detail.reason }]);
+      announce(`The relay rejected this key: ${displayText(detail.reason)}`);
       break;
     case "closed":
       // Only when this page closed it on purpose (new or forgotten key).
@@ -296,10 +324,12 @@ function reconnectText() {
   return seconds > 0 ? `Connection lost: reconnecting in ${seconds} s` : "Connection lost: reconnecting…";
 }
 
+/** @param {string | Array<string | {relay: string}>} text */
 function setConn(state, text) {
   const conn = document.querySelector('[data-testid="conn-state"]');
   conn.dataset.state = state;
-  $("conn-text").textContent = text;
+  $("conn-text").replaceChildren();
+  appendParts($("conn-text"), Array.isArray(text) ? text : [text]);
   $("conn-text").title = "";
 }
 
@@ -308,9 +338,9 @@ function onRelayError({ code, message, requestId }) {
   if (code === "introduction_failed") return; // shown through the "rejected" state
   const card = requestId && findCard(requestId);
   if (card) {
-    setCardStatus(card, `The relay answered: ${message || code}`, true);
+    setCardStatus(card, ["The relay answered: ", { relay: message || code }], true);
   } else {
-    addNotice(`The relay reported a problem (${code})${message ? `: ${message}` : ""}.`, "error");
+    addNotice(["The relay reported a problem (", { relay: code }, ")", ...(message ? [": ", { relay: message }] : []), "."], "error");
   }
 }
 
@@ -321,24 +351,45 @@ function findCard(requestId) {
   return document.querySelector(`#requests .card[data-request-id="${CSS.escape(requestId)}"]`);
 }
 
-function addRequestCard({ requestId, message, description, expiresAt }) {
+function addRequestCard({ requestId, message, description, requester = "", expiresAt }) {
   if (findCard(requestId)) return;
   const card = $("request-template").content.firstElementChild.cloneNode(true);
   const rendered = renderMessage(message);
-  const title = description || "No description";
+  const idBase = `req-${++app.cardSeq}`;
   card.dataset.requestId = requestId;
   card.requestInfo = {
-    title,
-    label: description ? `“${description}”` : "A request with no description",
+    description,
+    label: description ? ["“", { relay: description }, "”"] : ["A request with no description"],
     preview: preview(rendered),
     expiresAt,
   };
 
+  // The description: relay text, hidden characters shown as tokens. The
+  // heading has dir="auto" and is isolated, so a right-to-left description
+  // reads right to left without moving anything else on the card.
   const heading = card.querySelector(".card-title");
-  heading.textContent = title;
-  heading.id = `req-${requestId}`;
+  const hidden = { description: 0, requester: 0 };
+  if (description) hidden.description = renderInto(heading, description);
+  else heading.textContent = "No description";
+  heading.id = `${idBase}-title`;
   heading.classList.toggle("card-title-empty", !description);
   card.querySelector("article").setAttribute("aria-labelledby", heading.id);
+
+  const from = card.querySelector(".card-requester");
+  if (requester) {
+    hidden.requester = renderInto(from.querySelector(".relay-text"), requester);
+    from.hidden = false;
+  }
+
+  const describedBy = [heading.id];
+  const warningText = hiddenCharWarning(hidden);
+  if (warningText) {
+    const warning = card.querySelector(".card-warning");
+    warning.id = `${idBase}-warning`;
+    warning.textContent = warningText;
+    warning.hidden = false;
+    describedBy.push(warning.id);
+  }
 
   const pre = card.querySelector(".message");
   pre.textContent = rendered.text;
@@ -346,7 +397,7 @@ function addRequestCard({ requestId, message, description, expiresAt }) {
   pre.setAttribute("aria-label", `Message to sign, ${rendered.kind === "hex" ? "hex" : "text"}`);
   card.querySelector('[data-testid="message-info"]').textContent =
     `${rendered.kind === "hex" ? "hex (not printable text)" : "UTF-8 text"}, ${formatByteCount(rendered.byteLength)}`;
-  card.querySelector(".request-id").textContent = `Request ${requestId}`;
+  appendParts(card.querySelector(".request-id"), ["Request ", { relay: requestId }]);
 
   const countdown = card.querySelector(".countdown");
   countdown.dataset.expires = String(expiresAt.getTime());
@@ -354,14 +405,15 @@ function addRequestCard({ requestId, message, description, expiresAt }) {
 
   const approve = card.querySelector('[data-testid="approve"]');
   const reject = card.querySelector('[data-testid="reject"]');
-  approve.setAttribute("aria-describedby", heading.id);
-  reject.setAttribute("aria-describedby", heading.id);
+  approve.setAttribute("aria-describedby", describedBy.join(" "));
+  reject.setAttribute("aria-describedby", describedBy.join(" "));
   approve.addEventListener("click", () => answer(card, "approve"));
   reject.addEventListener("click", () => answer(card, "reject"));
 
   $("requests").append(card);
   updateRequestCount();
-  announce(`New sign request: ${title}.`);
+  const said = description ? displayText(description) : "No description";
+  announce(`New sign request: ${said}.${warningText ? ` ${warningText}` : ""}`);
 }
 
 function preview(rendered) {
@@ -379,7 +431,7 @@ async function answer(card, action) {
     else client.reject(requestId, "rejected by the key holder in the browser");
   } catch (err) {
     setCardBusy(card, false);
-    setCardStatus(card, `Could not ${action}: ${err.message}`, true);
+    setCardStatus(card, [`Could not ${action}: `, { relay: err.message }], true);
     return;
   }
   const outcome = action === "approve" ? "signed" : "rejected";
@@ -391,9 +443,11 @@ async function answer(card, action) {
 function onCancel({ requestId, reason }) {
   const card = findCard(requestId);
   if (!card) return;
-  const why = CANCEL_REASONS[reason] || { text: `the relay cancelled it (${reason})`, outcome: reason };
+  const known = Object.hasOwn(CANCEL_REASONS, reason) ? CANCEL_REASONS[reason] : null;
+  const why = known || { text: ["the relay cancelled it (", { relay: reason }, ")"], outcome: reason };
   if (why.outcome) addHistory(card.requestInfo, why.outcome);
-  addNotice(`${card.requestInfo.label} was removed: ${why.text}.`, reason === "disconnected" ? "warn" : "info", reason);
+  const whyText = Array.isArray(why.text) ? why.text : [why.text];
+  addNotice([...card.requestInfo.label, " was removed: ", ...whyText, "."], reason === "disconnected" ? "warn" : "info", reason);
   removeCard(card);
 }
 
@@ -414,9 +468,11 @@ function setCardBusy(card, busy) {
   for (const button of card.querySelectorAll("button")) button.disabled = busy;
 }
 
+/** @param {string | Array<string | {relay: string}>} text */
 function setCardStatus(card, text, isError = false) {
   const status = card.querySelector(".card-status");
-  status.textContent = text;
+  status.replaceChildren();
+  appendParts(status, Array.isArray(text) ? text : [text]);
   status.classList.toggle("card-status-error", isError);
 }
 
@@ -465,10 +521,12 @@ function addHistory(info, outcome) {
   time.textContent = now.toLocaleTimeString();
   const badge = document.createElement("span");
   badge.className = "history-outcome";
-  badge.textContent = outcome;
+  renderInto(badge, outcome); // an unknown cancel reason is the relay's text
   const title = document.createElement("span");
   title.className = "history-title";
-  title.textContent = info.title;
+  title.dir = "auto";
+  if (info.description) renderInto(title, info.description);
+  else title.textContent = "No description";
   const detail = document.createElement("span");
   detail.className = "history-preview muted";
   detail.textContent = info.preview;
@@ -480,13 +538,14 @@ function addHistory(info, outcome) {
   $("history-empty").hidden = true;
 }
 
+/** @param {string | Array<string | {relay: string}>} text */
 function addNotice(text, kind = "info", reason = "") {
   const notice = document.createElement("p");
   notice.className = `notice notice-${kind}`;
   notice.dataset.testid = "notice";
   if (reason) notice.dataset.reason = reason;
   const span = document.createElement("span");
-  span.textContent = text;
+  appendParts(span, Array.isArray(text) ? text : [text]);
   const dismiss = document.createElement("button");
   dismiss.type = "button";
   dismiss.className = "notice-dismiss";

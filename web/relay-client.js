@@ -208,7 +208,10 @@ const FRAME_PARSERS = {
     const description = f.description === undefined ? "" : requireString(f, "description", info);
     const expiresAt = parseRfc3339(requireString(f, "expires_at", info));
     if (!expiresAt) throw new ProtocolError("sign_request: expires_at is not RFC 3339", info);
-    return { type: f.type, requestId, message, description, expiresAt };
+    // Who asked, when the relay says so (a newer field): optional, and read as
+    // "" when absent or not a string, like any field this client does not know.
+    const requester = typeof f.requester === "string" ? f.requester : "";
+    return { type: f.type, requestId, message, description, requester, expiresAt };
   },
 
   sign_cancel: (f) => ({
@@ -320,7 +323,8 @@ const DEFAULT_INTRODUCTION_TIMEOUT_MS = 20000;
  *              {state: "reconnecting", delayMs, at, attempt, code, reason}
  *              {state: "rejected", reason}
  *              {state: "closed"}
- * - "request": {requestId, message, description, expiresAt}
+ * - "request": {requestId, message, description, requester, expiresAt}
+ *              (requester is "" unless the relay names one)
  * - "cancel":  {requestId, reason}  reason is the relay's (timeout,
  *              answered_elsewhere, requester_gone, shutdown) or
  *              "disconnected" when this client lost its connection
@@ -346,7 +350,7 @@ export class RelayClient extends EventTarget {
   #introduced = false;
   #sessionId = null;
   #rejection = null;
-  /** @type {Map<string, {requestId: string, message: Uint8Array, description: string, expiresAt: Date, answering: boolean}>} */
+  /** @type {Map<string, {requestId: string, message: Uint8Array, description: string, requester: string, expiresAt: Date, answering: boolean}>} */
   #pending = new Map();
 
   /**
@@ -611,12 +615,12 @@ export class RelayClient extends EventTarget {
     this.#setState({ state: "connected", sessionId, publicKey });
   }
 
-  #onSignRequest({ requestId, message, description, expiresAt }) {
+  #onSignRequest({ requestId, message, description, requester, expiresAt }) {
     // Before the introduction nothing may arrive; a redelivered request that
     // is already shown is not shown twice.
     if (!this.#introduced || this.#pending.has(requestId)) return;
-    this.#pending.set(requestId, { requestId, message, description, expiresAt, answering: false });
-    this.#emit("request", { requestId, message, description, expiresAt });
+    this.#pending.set(requestId, { requestId, message, description, requester, expiresAt, answering: false });
+    this.#emit("request", { requestId, message, description, requester, expiresAt });
   }
 
   #onSignCancel({ requestId, reason }) {

@@ -505,6 +505,132 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
     }
   });
 
+  test("hidden and control characters of a description are shown as tokens, with a warning", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(await mainPage());
+    // The finding: a right-to-left override makes "Pay \u202E01$ ot" read as
+    // "Pay to $10"; a BEL and a CR/LF would be invisible or break the line.
+    const description = "Pay \u202E01$ ot\u0007\r\nfrom payroll";
+    const shownText = "Pay ⟨U+202E⟩01$ ot⟨U+0007⟩⟨U+000D⟩⟨U+000A⟩from payroll";
+    const pending = postSign(relay, { publicKey, message: new TextEncoder().encode("pay 10 EUR"), description });
+
+    const c = card(page, "from payroll");
+    await c.waitFor();
+    const heading = c.locator(sel("request-description"));
+    assert.equal(await heading.textContent(), shownText);
+    const tokens = heading.locator("span.ctrl");
+    assert.deepEqual(await tokens.allTextContents(), ["⟨U+202E⟩", "⟨U+0007⟩", "⟨U+000D⟩", "⟨U+000A⟩"]);
+    assert.match(await tokens.first().getAttribute("title"), /^U\+202E RIGHT-TO-LEFT OVERRIDE/);
+    assert.match(await tokens.first().getAttribute("aria-label"), /U\+202E right-to-left override/);
+    assert.match(await tokens.nth(1).getAttribute("title"), /^U\+0007 BELL/);
+
+    const warning = c.locator(sel("hidden-chars-warning"));
+    assert.ok(await warning.isVisible(), "the warning line is shown");
+    assert.equal(
+      await warning.textContent(),
+      "This description contains 4 hidden or control characters, shown as ⟨U+…⟩.",
+    );
+    assert.match(await c.locator(sel("approve")).getAttribute("aria-describedby"), /-warning$/);
+
+    const look = await heading.evaluate((h) => {
+      const style = getComputedStyle(h);
+      const spans = [...h.querySelectorAll(".ctrl")].map((s) => s.getBoundingClientRect());
+      const token = getComputedStyle(h.querySelector(".ctrl"));
+      return {
+        raw: /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/.test(h.textContent),
+        dir: h.getAttribute("dir"),
+        bidi: style.unicodeBidi,
+        direction: style.direction,
+        oneLine: spans.every((r) => Math.abs(r.top - spans[0].top) < 2),
+        leftToRight: spans.every((r, i) => i === 0 || r.left > spans[i - 1].left),
+        tokenLooksDifferent: token.backgroundColor !== style.backgroundColor && token.fontFamily !== style.fontFamily,
+      };
+    });
+    assert.deepEqual(look, {
+      raw: false,
+      dir: "auto",
+      bidi: "isolate",
+      direction: "ltr",
+      oneLine: true, // CR/LF did not break the line
+      leftToRight: true, // the override was not applied: the rest is not reversed
+      tokenLooksDifferent: true,
+    });
+    await c.scrollIntoViewIfNeeded();
+    await screenshot(page, "14-hidden-characters");
+    await c.screenshot({ path: path.join(ARTIFACTS, "14-hidden-characters-card.png") });
+
+    await c.locator(sel("reject")).click();
+    const { status, body } = await pending;
+    assert.equal(status, 403, JSON.stringify(body));
+    await c.waitFor({ state: "detached" });
+    const item = page.locator(`${sel("history-item")}[data-outcome="rejected"]`, { hasText: "from payroll" });
+    assert.equal(await item.locator(".history-title").textContent(), shownText, "history shows the tokens too");
+  });
+
+  test("a requester name, relay messages and right-to-left descriptions get the same treatment", { timeout: TEST_MS }, async () => {
+    const own = await browser.newContext({ viewport: { width: 1024, height: 900 } });
+    try {
+      // The relay does not send `requester` yet; this tab's WebSocket adds
+      // one to each sign_request on its way from the relay, and sends an
+      // error frame for the request, as a relay with such fields would.
+      let toPage;
+      await own.routeWebSocket(/\/ws$/, (ws) => {
+        const server = ws.connectToServer();
+        toPage = ws;
+        server.onMessage((data) => {
+          const frame = JSON.parse(data);
+          if (frame.type === "sign_request") frame.requester = "billing\u202Etxe.exe";
+          ws.send(JSON.stringify(frame));
+        });
+      });
+      const p = await openPage(own, relay);
+      const publicKey = await shownPublicKey(p);
+      const description = "העברה של 100 ₪ לחשבון 42";
+      const pending = postSign(relay, { publicKey, message: new TextEncoder().encode("transfer"), description });
+
+      const c = p.locator(sel("request-card"));
+      await c.waitFor();
+      const heading = c.locator(sel("request-description"));
+      assert.equal(await heading.textContent(), description, "legit Hebrew is untouched");
+      assert.equal(await heading.locator(".ctrl").count(), 0);
+      assert.equal(await heading.evaluate((h) => getComputedStyle(h).direction), "rtl", "it reads right to left");
+
+      const from = c.locator(sel("request-requester"));
+      assert.ok(await from.isVisible());
+      assert.equal(await from.textContent(), "Requested by billing⟨U+202E⟩txe.exe");
+      assert.equal(await from.locator("bdi span.ctrl").count(), 1);
+      assert.equal(
+        await c.locator(sel("hidden-chars-warning")).textContent(),
+        "The requester name contains 1 hidden or control character, shown as ⟨U+…⟩.",
+      );
+
+      // The card's own words stay in place around the right-to-left heading.
+      const layout = await c.evaluate((card) => {
+        const r = (q) => card.querySelector(q).getBoundingClientRect();
+        return {
+          approveBeforeReject: r('[data-testid="approve"]').left < r('[data-testid="reject"]').left,
+          countdownRightOfTitle: r(".countdown").left >= r(".card-title").right - 1,
+          pageLtr: getComputedStyle(card).direction === "ltr",
+        };
+      });
+      assert.deepEqual(layout, { approveBeforeReject: true, countdownRightOfTitle: true, pageLtr: true });
+
+      // Relay text in the card's status line is treated the same way.
+      const requestId = await c.getAttribute("data-request-id");
+      toPage.send(JSON.stringify({ type: "error", code: "x", message: "try \u202Elater\n", request_id: requestId }));
+      const status = c.locator(".card-status");
+      await status.filter({ hasText: "The relay answered" }).waitFor();
+      assert.equal(await status.textContent(), "The relay answered: try ⟨U+202E⟩later⟨U+000A⟩");
+      assert.equal(await status.locator("bdi .ctrl").count(), 2);
+      await screenshot(p, "15-requester-rtl");
+
+      await c.locator(sel("reject")).click();
+      const res = await pending;
+      assert.equal(res.status, 403, JSON.stringify(res.body));
+    } finally {
+      await own.close();
+    }
+  });
+
   test("a key the relay refuses shows 'rejected' and why", { timeout: TEST_MS }, async () => {
     const own = await browser.newContext({ viewport: { width: 1024, height: 700 } });
     try {

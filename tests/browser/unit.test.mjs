@@ -1,5 +1,7 @@
 // Unit tests of web/relay-client.js: its pure helpers, its key helpers on
-// Node's WebCrypto, and the client against a small in-process fake relay.
+// Node's WebCrypto, and the client against a small in-process fake relay;
+// and of web/display.js, which shows relay text with its hidden characters
+// made visible.
 // Run: node --test tests/browser/unit.test.mjs
 
 import { test, describe, before, after } from "node:test";
@@ -26,6 +28,15 @@ import {
   signBytes,
   verifySignature,
 } from "../../web/relay-client.js";
+import {
+  codePointLabel,
+  displayText,
+  hiddenCharName,
+  hiddenCharWarning,
+  isHiddenChar,
+  renderInto,
+  splitHidden,
+} from "../../web/display.js";
 
 const bytes = (...values) => new Uint8Array(values);
 const utf8 = (text) => new TextEncoder().encode(text);
@@ -121,6 +132,220 @@ describe("renderMessage", () => {
   });
 });
 
+describe("display of relay text (display.js)", () => {
+  const token = (cp) => `\u27E8${codePointLabel(cp)}\u27E9`;
+  const shown = (text) => displayText(text);
+  const count = (text) => splitHidden(text).hiddenCount;
+
+  test("labels code points as U+XXXX with at least four digits", () => {
+    assert.equal(codePointLabel(0x7), "U+0007");
+    assert.equal(codePointLabel(0x202e), "U+202E");
+    assert.equal(codePointLabel(0xe0041), "U+E0041");
+    assert.equal(token(0x202e), "⟨U+202E⟩");
+  });
+
+  test("shows the right-to-left override of the finding as a token, not applied", () => {
+    const text = "Pay \u202E01$ ot";
+    assert.equal(shown(text), "Pay ⟨U+202E⟩01$ ot");
+    assert.equal(count(text), 1);
+    assert.deepEqual(splitHidden(text).segments, [
+      { text: "Pay " },
+      { codePoint: 0x202e, label: "U+202E", name: "RIGHT-TO-LEFT OVERRIDE", token: "⟨U+202E⟩" },
+      { text: "01$ ot" },
+    ]);
+    assert.ok(!shown(text).includes("\u202E"), "the control itself is gone");
+  });
+
+  test("marks every bidi control", () => {
+    const bidi = [0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069, 0x200e, 0x200f, 0x061c];
+    for (const cp of bidi) {
+      const ch = String.fromCodePoint(cp);
+      assert.equal(shown(`a${ch}b`), `a${token(cp)}b`, codePointLabel(cp));
+      assert.notEqual(hiddenCharName(cp), "INVISIBLE OR FORMAT CHARACTER", `${codePointLabel(cp)} has its own name`);
+    }
+    assert.equal(count(bidi.map((cp) => String.fromCodePoint(cp)).join("")), bidi.length);
+  });
+
+  test("marks C0 and C1 controls and DEL, including tab, CR and LF", () => {
+    for (let cp = 0; cp < 0x20; cp++) {
+      assert.equal(shown(`x${String.fromCodePoint(cp)}y`), `x${token(cp)}y`, codePointLabel(cp));
+    }
+    for (let cp = 0x7f; cp <= 0x9f; cp++) {
+      assert.equal(shown(`x${String.fromCodePoint(cp)}y`), `x${token(cp)}y`, codePointLabel(cp));
+    }
+    assert.equal(shown("ring\u0007 line1\r\nline2\tend"), "ring⟨U+0007⟩ line1⟨U+000D⟩⟨U+000A⟩line2⟨U+0009⟩end");
+    assert.equal(hiddenCharName(0x07), "BELL");
+    assert.equal(hiddenCharName(0x0d), "CARRIAGE RETURN");
+    assert.equal(hiddenCharName(0x0a), "LINE FEED");
+    assert.equal(hiddenCharName(0x7f), "DELETE");
+    assert.equal(hiddenCharName(0x90), "C1 CONTROL CHARACTER");
+  });
+
+  test("marks invisible and format characters", () => {
+    const invisible = [
+      0x00ad, // soft hyphen
+      0x200b, // zero width space
+      0x200c, // ZWNJ
+      0x200d, // ZWJ (outside an emoji sequence)
+      0x2060, // word joiner
+      0x2061,
+      0x2064,
+      0xfeff, // BOM
+      0x2028, // line separator
+      0x2029, // paragraph separator
+      0x180e, // Mongolian vowel separator
+      0x034f, // combining grapheme joiner
+      0x3164, // Hangul filler
+      0x115f,
+      0xffa0,
+      0xfff9, // interlinear annotation anchor
+      0xe0001, // language tag
+      0xe0041, // TAG LATIN CAPITAL LETTER A
+      0xe007f, // cancel tag
+    ];
+    for (const cp of invisible) {
+      assert.ok(isHiddenChar(String.fromCodePoint(cp)), codePointLabel(cp));
+      assert.equal(shown(`p${String.fromCodePoint(cp)}ay`), `p${token(cp)}ay`, codePointLabel(cp));
+    }
+    assert.equal(hiddenCharName(0xe0041), "TAG A");
+    assert.equal(hiddenCharName(0x200b), "ZERO WIDTH SPACE");
+    // Every tag character, including a hidden "ASCII" message in tags.
+    const smuggled = "ok" + Array.from("IGNORE", (c) => String.fromCodePoint(0xe0000 + c.charCodeAt(0))).join("");
+    assert.equal(shown(smuggled), "ok⟨U+E0049⟩⟨U+E0047⟩⟨U+E004E⟩⟨U+E004F⟩⟨U+E0052⟩⟨U+E0045⟩");
+    assert.equal(count(smuggled), 6);
+  });
+
+  test("leaves variation selectors and visible spaces alone", () => {
+    for (const text of ["❤\uFE0F", "✓\uFE0E", "葛\u{E0100}", "a\u00A0b", "em\u2003space", "ideographic\u3000space"]) {
+      assert.equal(shown(text), text, JSON.stringify(text));
+      assert.equal(count(text), 0);
+    }
+  });
+
+  test("keeps a zero-width joiner inside an emoji sequence only", () => {
+    for (const emoji of ["👩\u200D👩\u200D👧", "❤\uFE0F\u200D🔥", "🧑🏽\u200D💻", "🏳\uFE0F\u200D🌈"]) {
+      assert.equal(shown(`team ${emoji}`), `team ${emoji}`, JSON.stringify(emoji));
+    }
+    assert.equal(shown("pa\u200Dy"), "pa⟨U+200D⟩y", "between letters");
+    assert.equal(shown("👩\u200D"), "👩⟨U+200D⟩", "trailing");
+    assert.equal(shown("\u200D👩"), "⟨U+200D⟩👩", "leading");
+    assert.equal(shown("👩\u200Da"), "👩⟨U+200D⟩a", "emoji then letter");
+  });
+
+  test("keeps surrogate pairs and astral characters whole; marks lone surrogates", () => {
+    const astral = "😀 𝒳𝔂 𠜎 🇩🇪 \u{1F600}";
+    assert.equal(shown(astral), astral);
+    assert.equal(count(astral), 0);
+    assert.deepEqual(splitHidden(astral).segments, [{ text: astral }]);
+    // A hidden character between two astral ones splits nothing else.
+    assert.equal(shown("😀\u202E😀"), "😀⟨U+202E⟩😀");
+    assert.equal(shown("\u{1D4B3}\u200B\u{1D4B3}"), "\u{1D4B3}⟨U+200B⟩\u{1D4B3}");
+    // Lone halves of a pair cannot be shown; they are marked, not dropped.
+    assert.equal(shown("a\uD83Db"), "a⟨U+D83D⟩b");
+    assert.equal(shown("a\uDE00"), "a⟨U+DE00⟩");
+    assert.equal(hiddenCharName(0xd83d), "UNPAIRED SURROGATE");
+  });
+
+  test("leaves ordinary text untouched, including Arabic and Hebrew", () => {
+    for (const text of [
+      "Payment #1001 — 25,00 € to ACME GmbH",
+      "héllo wörld ñ ç ß œ",
+      "Überweisung: 10 € an Zoë",
+      "שלום עולם: העברה של 100 ₪",
+      "مرحبا بالعالم، دفع ١٠٠ دينار",
+      "Invoice 42 · فاتورة ٤٢ · חשבונית 42",
+      "日本語のテキスト、中文，한국어",
+      "Ελληνικά и кириллица",
+      "naïve café ① ② ③ ™ © ®",
+      "",
+    ]) {
+      assert.equal(shown(text), text, text);
+      assert.equal(count(text), 0, text);
+    }
+    assert.deepEqual(splitHidden("").segments, []);
+  });
+
+  test("counts every hidden character, repeats included", () => {
+    assert.equal(count("\u202E\u202E\u202E"), 3);
+    assert.equal(count("Pay \u202E01$ ot\u0007\r\n"), 4);
+    assert.equal(count("a\u200Bb\u200Bc\uFEFF"), 3);
+  });
+
+  test("accepts non-strings without throwing", () => {
+    assert.equal(shown(undefined), "");
+    assert.equal(shown(null), "");
+    assert.equal(shown(42), "42");
+  });
+
+  test("words the card's warning", () => {
+    assert.equal(hiddenCharWarning({}), "");
+    assert.equal(hiddenCharWarning({ description: 0 }), "");
+    assert.equal(
+      hiddenCharWarning({ description: 2 }),
+      "This description contains 2 hidden or control characters, shown as ⟨U+…⟩.",
+    );
+    assert.equal(
+      hiddenCharWarning({ description: 1 }),
+      "This description contains 1 hidden or control character, shown as ⟨U+…⟩.",
+    );
+    assert.equal(
+      hiddenCharWarning({ requester: 1 }),
+      "The requester name contains 1 hidden or control character, shown as ⟨U+…⟩.",
+    );
+    assert.equal(
+      hiddenCharWarning({ description: 3, requester: 1 }),
+      "This description contains 3 hidden or control characters and the requester name 1, shown as ⟨U+…⟩.",
+    );
+  });
+
+  test("renderInto builds text nodes and marked spans, never HTML", () => {
+    // A minimal stand-in for the DOM calls renderInto makes.
+    class Node {
+      constructor(doc) {
+        this.ownerDocument = doc;
+        this.childNodes = [];
+        this.attributes = {};
+        this.dataset = {};
+      }
+      replaceChildren(...nodes) {
+        this.childNodes = nodes;
+      }
+      setAttribute(name, value) {
+        this.attributes[name] = String(value);
+      }
+      get textContent() {
+        return this.text ?? this.childNodes.map((n) => n.textContent).join("");
+      }
+      set textContent(value) {
+        this.text = value;
+      }
+    }
+    const doc = {
+      createTextNode: (text) => Object.assign(new Node(doc), { nodeType: 3, text }),
+      createElement: (tag) => Object.assign(new Node(doc), { nodeType: 1, tagName: tag.toUpperCase() }),
+    };
+    const el = doc.createElement("h3");
+    const hidden = renderInto(el, "<b>Pay</b> \u202E01$ ot\u0007");
+    assert.equal(hidden, 2);
+    assert.equal(el.textContent, "<b>Pay</b> ⟨U+202E⟩01$ ot⟨U+0007⟩", "markup stays text");
+    const spans = el.childNodes.filter((n) => n.nodeType === 1);
+    assert.deepEqual(
+      spans.map((s) => [s.tagName, s.className, s.dir, s.textContent, s.dataset.codePoint]),
+      [
+        ["SPAN", "ctrl", "ltr", "⟨U+202E⟩", "U+202E"],
+        ["SPAN", "ctrl", "ltr", "⟨U+0007⟩", "U+0007"],
+      ],
+    );
+    assert.match(spans[0].title, /^U\+202E RIGHT-TO-LEFT OVERRIDE/);
+    assert.equal(spans[0].attributes.role, "img");
+    assert.match(spans[0].attributes["aria-label"], /U\+202E right-to-left override/);
+    assert.equal(spans[1].attributes["aria-label"], "hidden character U+0007 bell");
+    for (const n of el.childNodes) {
+      assert.ok(!/[\u0007\u202E]/.test(n.textContent), "no hidden character reaches the DOM");
+    }
+  });
+});
+
 describe("backoffDelay", () => {
   const limits = { minMs: 500, maxMs: 30000 };
 
@@ -193,6 +418,7 @@ describe("parseFrame", () => {
       requestId: request.request_id,
       message: utf8("hello"),
       description: "greeting",
+      requester: "",
       expiresAt: new Date("2030-01-01T00:00:00Z"),
     });
     assert.deepEqual(parseFrame('{"type":"sign_cancel","request_id":"r","reason":"timeout"}'), {
@@ -219,6 +445,12 @@ describe("parseFrame", () => {
     assert.equal(parseFrame(JSON.stringify({ ...request, description: "" })).description, "");
     const { description, ...noDescription } = request;
     assert.equal(parseFrame(JSON.stringify(noDescription)).description, "");
+  });
+
+  test("reads an optional requester, ignoring one that is not a string", () => {
+    assert.equal(parseFrame(JSON.stringify({ ...request, requester: "billing-service" })).requester, "billing-service");
+    assert.equal(parseFrame(JSON.stringify({ ...request, requester: { name: "x" } })).requester, "");
+    assert.equal(parseFrame(JSON.stringify({ ...request, requester: null })).requester, "");
   });
 
   test("refuses malformed frames", () => {
@@ -444,11 +676,12 @@ describe("RelayClient against a fake relay", () => {
     const conn = await connected(client);
     const message = new Uint8Array([0, 1, 2, 250, 251, 252]);
     const requested = nextEvent(client, "request");
-    conn.send(signRequest("req-1", message, { description: "binary thing" }));
+    conn.send(signRequest("req-1", message, { description: "binary thing", requester: "build-server" }));
     const req = await requested;
     assert.equal(req.requestId, "req-1");
     assert.deepEqual(req.message, message);
     assert.equal(req.description, "binary thing");
+    assert.equal(req.requester, "build-server");
     assert.ok(req.expiresAt instanceof Date);
     assert.equal(client.requests.length, 1);
 
