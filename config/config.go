@@ -26,6 +26,7 @@ type Config struct {
 	// GeneratedAPIKey is set when APIKeys was empty and a key was made.
 	GeneratedAPIKey bool `yaml:"-"`
 
+	HTTP       HTTP       `yaml:"http"`
 	Sign       Sign       `yaml:"sign"`
 	WebSocket  WebSocket  `yaml:"websocket"`
 	RateLimits RateLimits `yaml:"rate_limits"`
@@ -41,12 +42,40 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 }
 
+// HTTP holds the limits of every TCP connection, before anything is known
+// about it. Key: http.
+type HTTP struct {
+	// MaxConnections caps open client connections (HTTP and WebSocket);
+	// the excess is closed at once. 0 derives it from the open-file limit
+	// (RLIMIT_NOFILE) less headroom for the relay's own files.
+	// http.max_connections, default 0.
+	MaxConnections int `yaml:"max_connections"`
+	// HeaderTimeout bounds the wait for a connection's first byte (and the
+	// TLS handshake) and then for the request headers.
+	// http.header_timeout, default 5s.
+	HeaderTimeout Duration `yaml:"header_timeout"`
+	// ReadTimeout bounds reading a request body once its headers are in.
+	// http.read_timeout, default 30s.
+	ReadTimeout Duration `yaml:"read_timeout"`
+	// IdleTimeout closes a keep-alive connection that sends no next
+	// request. http.idle_timeout, default 60s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+}
+
 // Sign holds the limits of POST /sign. Key: sign.
 type Sign struct {
 	DefaultTimeout   Duration `yaml:"default_timeout"`     // default 60s
 	MaxTimeout       Duration `yaml:"max_timeout"`         // default 60s, at most 60s
 	MaxMessageBytes  int      `yaml:"max_message_bytes"`   // default 65536, decoded bytes
 	MaxPendingPerKey int      `yaml:"max_pending_per_key"` // default 64
+	// MaxPending and MaxPendingBytes bound the requests pending on this
+	// node in all, by count and by decoded message bytes; the
+	// PerAPIKey pair bounds what one API key may have pending. A request
+	// over any bound is 503 unavailable.
+	MaxPending               int `yaml:"max_pending"`                   // default 10000
+	MaxPendingBytes          int `yaml:"max_pending_bytes"`             // default 134217728 (128 MiB)
+	MaxPendingPerAPIKey      int `yaml:"max_pending_per_api_key"`       // default 2000
+	MaxPendingBytesPerAPIKey int `yaml:"max_pending_bytes_per_api_key"` // default 33554432 (32 MiB)
 }
 
 // WebSocket holds the key-holder side's limits. Key: websocket.
@@ -67,6 +96,19 @@ type WebSocket struct {
 	// nothing for that long is disconnected (its requests wait for the key
 	// to reconnect). websocket.write_timeout, default 10s.
 	WriteTimeout Duration `yaml:"write_timeout"`
+	// MessageTimeout bounds receiving one message once its first frame
+	// has started: a message left unfinished (pongs keep the connection
+	// alive) closes the connection. websocket.message_timeout, default 10s.
+	MessageTimeout Duration `yaml:"message_timeout"`
+	// MaxConnectionsPerKey caps the live connections of one key on this
+	// node; one more is refused with too_many_connections and close 1013.
+	// websocket.max_connections_per_key, default 16.
+	MaxConnectionsPerKey int `yaml:"max_connections_per_key"`
+	// MaxUnintroduced and MaxUnintroducedPerIP cap the sockets between the
+	// upgrade and a successful introduction, in all and per client IP; an
+	// upgrade over either is refused before it happens (503 or 429).
+	MaxUnintroduced      int `yaml:"max_unintroduced"`        // default 4096
+	MaxUnintroducedPerIP int `yaml:"max_unintroduced_per_ip"` // default 64
 }
 
 // Limit is a token bucket: Rate events per second, bursts up to Burst.
@@ -82,6 +124,10 @@ type RateLimits struct {
 	SignPerAPIKey    Limit `yaml:"sign_per_api_key"`
 	SignPerPublicKey Limit `yaml:"sign_per_public_key"`
 	ConnectionsPerIP Limit `yaml:"connections_per_ip"`
+	// AuthFailuresPerIP limits missing or wrong API keys per client IP:
+	// past it such requests get 429 instead of 401 (a right key is never
+	// refused for it).
+	AuthFailuresPerIP Limit `yaml:"auth_failures_per_ip"`
 }
 
 // TLS turns on HTTPS and WSS when both files are set. Key: tls.
@@ -103,19 +149,28 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 func Default() Config {
 	return Config{
 		Listen: "127.0.0.1:8080",
+		HTTP: HTTP{
+			HeaderTimeout: Duration(5 * time.Second), ReadTimeout: Duration(30 * time.Second),
+			IdleTimeout: Duration(60 * time.Second),
+		},
 		Sign: Sign{
 			DefaultTimeout: Duration(60 * time.Second), MaxTimeout: Duration(60 * time.Second),
 			MaxMessageBytes: 65536, MaxPendingPerKey: 64,
+			MaxPending: 10000, MaxPendingBytes: 128 << 20,
+			MaxPendingPerAPIKey: 2000, MaxPendingBytesPerAPIKey: 32 << 20,
 		},
 		WebSocket: WebSocket{
 			IntroductionTimeout: Duration(10 * time.Second), PingInterval: Duration(20 * time.Second),
 			MaxFrameBytes: 262144, SendQueue: 256, WriteTimeout: Duration(10 * time.Second),
+			MessageTimeout: Duration(10 * time.Second), MaxConnectionsPerKey: 16,
+			MaxUnintroduced: 4096, MaxUnintroducedPerIP: 64,
 		},
 		RateLimits: RateLimits{
-			Enabled:          true,
-			SignPerAPIKey:    Limit{Rate: 200, Burst: 400},
-			SignPerPublicKey: Limit{Rate: 20, Burst: 40},
-			ConnectionsPerIP: Limit{Rate: 10, Burst: 50},
+			Enabled:           true,
+			SignPerAPIKey:     Limit{Rate: 200, Burst: 400},
+			SignPerPublicKey:  Limit{Rate: 20, Burst: 40},
+			ConnectionsPerIP:  Limit{Rate: 10, Burst: 50},
+			AuthFailuresPerIP: Limit{Rate: 1, Burst: 20},
 		},
 		ShutdownGrace: Duration(10 * time.Second),
 		LogLevel:      "info",
@@ -176,6 +231,15 @@ func (c *Config) Validate() error {
 			return bad(fmt.Sprintf("api_keys[%d]", i), "empty or padded with spaces")
 		}
 	}
+	h := c.HTTP
+	if h.MaxConnections < 0 || h.MaxConnections > 1<<24 {
+		return bad("http.max_connections", "%d is out of range (0 for automatic, up to 16777216)", h.MaxConnections)
+	}
+	for key, d := range map[string]Duration{"http.header_timeout": h.HeaderTimeout, "http.read_timeout": h.ReadTimeout, "http.idle_timeout": h.IdleTimeout} {
+		if d.D() < 100*time.Millisecond || d.D() > 10*time.Minute {
+			return bad(key, "%s is out of range (100ms to 10m)", d)
+		}
+	}
 	s := c.Sign
 	if s.MaxTimeout <= 0 || s.MaxTimeout.D() > 60*time.Second {
 		return bad("sign.max_timeout", "%s is out of range (more than 0, at most 60s)", s.MaxTimeout)
@@ -188,6 +252,16 @@ func (c *Config) Validate() error {
 	}
 	if s.MaxPendingPerKey < 1 || s.MaxPendingPerKey > 100000 {
 		return bad("sign.max_pending_per_key", "%d is out of range (1 to 100000)", s.MaxPendingPerKey)
+	}
+	for key, v := range map[string]struct{ n, lo, hi int }{
+		"sign.max_pending":                   {s.MaxPending, 1, 10_000_000},
+		"sign.max_pending_bytes":             {s.MaxPendingBytes, s.MaxMessageBytes, 1 << 40},
+		"sign.max_pending_per_api_key":       {s.MaxPendingPerAPIKey, 1, 10_000_000},
+		"sign.max_pending_bytes_per_api_key": {s.MaxPendingBytesPerAPIKey, s.MaxMessageBytes, 1 << 40},
+	} {
+		if v.n < v.lo || v.n > v.hi {
+			return bad(key, "%d is out of range (%d to %d)", v.n, v.lo, v.hi)
+		}
 	}
 	w := c.WebSocket
 	if w.IntroductionTimeout <= 0 || w.IntroductionTimeout.D() > 5*time.Minute {
@@ -205,6 +279,18 @@ func (c *Config) Validate() error {
 	if w.WriteTimeout.D() < 100*time.Millisecond || w.WriteTimeout.D() > 5*time.Minute {
 		return bad("websocket.write_timeout", "%s is out of range (100ms to 5m)", w.WriteTimeout)
 	}
+	if w.MessageTimeout.D() < 100*time.Millisecond || w.MessageTimeout.D() > 10*time.Minute {
+		return bad("websocket.message_timeout", "%s is out of range (100ms to 10m)", w.MessageTimeout)
+	}
+	if w.MaxConnectionsPerKey < 1 || w.MaxConnectionsPerKey > 10000 {
+		return bad("websocket.max_connections_per_key", "%d is out of range (1 to 10000)", w.MaxConnectionsPerKey)
+	}
+	if w.MaxUnintroduced < 1 || w.MaxUnintroduced > 1<<24 {
+		return bad("websocket.max_unintroduced", "%d is out of range (1 to 16777216)", w.MaxUnintroduced)
+	}
+	if w.MaxUnintroducedPerIP < 1 || w.MaxUnintroducedPerIP > w.MaxUnintroduced {
+		return bad("websocket.max_unintroduced_per_ip", "%d is out of range (1 to websocket.max_unintroduced)", w.MaxUnintroducedPerIP)
+	}
 	for i, o := range w.AllowedOrigins {
 		u, err := url.Parse(o)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" {
@@ -213,9 +299,10 @@ func (c *Config) Validate() error {
 	}
 	if c.RateLimits.Enabled {
 		for key, l := range map[string]Limit{
-			"rate_limits.sign_per_api_key":    c.RateLimits.SignPerAPIKey,
-			"rate_limits.sign_per_public_key": c.RateLimits.SignPerPublicKey,
-			"rate_limits.connections_per_ip":  c.RateLimits.ConnectionsPerIP,
+			"rate_limits.sign_per_api_key":     c.RateLimits.SignPerAPIKey,
+			"rate_limits.sign_per_public_key":  c.RateLimits.SignPerPublicKey,
+			"rate_limits.connections_per_ip":   c.RateLimits.ConnectionsPerIP,
+			"rate_limits.auth_failures_per_ip": c.RateLimits.AuthFailuresPerIP,
 		} {
 			if l.Rate <= 0 || l.Burst < 1 {
 				return bad(key, "rate must be more than 0 and burst at least 1 (or set rate_limits.enabled: false)")
