@@ -48,6 +48,13 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		{"tls cert file missing", "tls: { cert_file: " + missing + ", key_file: " + existing + " }\n", nil, "tls.cert_file"},
 		{"tls key file missing", "tls: { cert_file: " + existing + ", key_file: " + missing + " }\n", nil, "tls.key_file"},
 		{"bad log level", "log_level: loud\n", nil, "log_level"},
+		{"negative max_connections", "http:\n  max_connections: -1\n", nil, "http.max_connections"},
+		{"header_timeout too short", "http:\n  header_timeout: 1ms\n", nil, "http.header_timeout"},
+		{"max_pending zero", "sign:\n  max_pending: 0\n", nil, "sign.max_pending"},
+		{"pending bytes below one message", "sign:\n  max_pending_bytes_per_api_key: 10\n", nil, "sign.max_pending_bytes_per_api_key"},
+		{"connections per key zero", "websocket:\n  max_connections_per_key: 0\n", nil, "websocket.max_connections_per_key"},
+		{"unintroduced per IP over total", "websocket:\n  max_unintroduced: 4\n  max_unintroduced_per_ip: 5\n", nil, "websocket.max_unintroduced_per_ip"},
+		{"auth failure rate zero", "rate_limits:\n  auth_failures_per_ip: { rate: 0, burst: 1 }\n", nil, "rate_limits.auth_failures_per_ip"},
 		{"bad listen from the environment", "", map[string]string{"SIGNRELAY_LISTEN": "nonsense"}, "listen"},
 		{"api key padded with spaces", "api_keys: [\" padded-key-0123456789 \"]\n", nil, "api_keys[0]"},
 	} {
