@@ -6,6 +6,7 @@ package registry
 
 import (
 	"encoding/binary"
+	"errors"
 	"sync"
 
 	"github.com/signrelay/signrelay/protocol"
@@ -24,30 +25,45 @@ type Holder interface {
 	Send(frame []byte) bool
 }
 
+// ErrTooManyConnections refuses a holder whose key already has the
+// registry's maximum of live connections.
+var ErrTooManyConnections = errors.New("this key has too many live connections")
+
 // Same key connected twice: both connections stay registered and both receive
-// every request (several tabs or devices). A holder is removed only by Remove,
-// which its connection calls when it closes.
+// every request (several tabs or devices), up to the registry's maximum per
+// key. A holder is removed only by Remove, which its connection calls when it
+// closes. Every operation costs O(1) but Holders, which is O(holders of the
+// key), so that no key's connections can slow another key down.
 
 const shardCount = 64
 
 // Registry is safe for concurrent use. Its locks are held only while maps
 // change, never while a frame is sent.
 type Registry struct {
-	shards [shardCount]shard
+	maxPerKey int
+	shards    [shardCount]shard
 }
 
 type shard struct {
 	mu sync.RWMutex
 	// guards the following fields
-	byKey map[protocol.PublicKey][]Holder
+	byKey map[protocol.PublicKey]*holders
 	count int
 }
 
-// New returns an empty registry.
-func New() *Registry {
-	r := &Registry{}
+// holders is a set with an order: list for iteration, index for O(1)
+// membership and removal (a removed holder's slot takes the last one).
+type holders struct {
+	list  []Holder
+	index map[Holder]int
+}
+
+// New returns an empty registry that admits at most maxPerKey live
+// connections per key; 0 means no limit.
+func New(maxPerKey int) *Registry {
+	r := &Registry{maxPerKey: maxPerKey}
 	for i := range r.shards {
-		r.shards[i].byKey = make(map[protocol.PublicKey][]Holder)
+		r.shards[i].byKey = make(map[protocol.PublicKey]*holders)
 	}
 	return r
 }
@@ -57,19 +73,27 @@ func (r *Registry) shardOf(k protocol.PublicKey) *shard {
 	return &r.shards[binary.LittleEndian.Uint64(b[:8])%shardCount]
 }
 
-// Add registers h under its key. Adding the same holder twice is harmless.
-func (r *Registry) Add(h Holder) {
+// Add registers h under its key, or returns ErrTooManyConnections when the
+// key is at its maximum. Adding the same holder twice is harmless.
+func (r *Registry) Add(h Holder) error {
 	s := r.shardOf(h.Key())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	list := s.byKey[h.Key()]
-	for _, x := range list {
-		if x == h {
-			return
-		}
+	hs := s.byKey[h.Key()]
+	if hs == nil {
+		hs = &holders{index: make(map[Holder]int, 1)}
+		s.byKey[h.Key()] = hs
 	}
-	s.byKey[h.Key()] = append(list, h)
+	if _, ok := hs.index[h]; ok {
+		return nil
+	}
+	if r.maxPerKey > 0 && len(hs.list) >= r.maxPerKey {
+		return ErrTooManyConnections
+	}
+	hs.index[h] = len(hs.list)
+	hs.list = append(hs.list, h)
 	s.count++
+	return nil
 }
 
 // Remove unregisters h and reports whether it was registered. Removing twice
@@ -78,33 +102,50 @@ func (r *Registry) Remove(h Holder) bool {
 	s := r.shardOf(h.Key())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	list := s.byKey[h.Key()]
-	for i, x := range list {
-		if x != h {
-			continue
-		}
-		if len(list) == 1 {
-			delete(s.byKey, h.Key())
-		} else {
-			// Copy rather than shift in place: snapshots handed out by
-			// Holders share the old backing array.
-			next := make([]Holder, 0, len(list)-1)
-			next = append(next, list[:i]...)
-			s.byKey[h.Key()] = append(next, list[i+1:]...)
-		}
-		s.count--
-		return true
+	hs := s.byKey[h.Key()]
+	if hs == nil {
+		return false
 	}
-	return false
+	i, ok := hs.index[h]
+	if !ok {
+		return false
+	}
+	last := len(hs.list) - 1
+	if i != last {
+		hs.list[i] = hs.list[last]
+		hs.index[hs.list[i]] = i
+	}
+	hs.list[last] = nil
+	hs.list = hs.list[:last]
+	delete(hs.index, h)
+	if len(hs.list) == 0 {
+		delete(s.byKey, h.Key())
+	}
+	s.count--
+	return true
 }
 
-// Holders returns the live holders of k. The slice is a snapshot that the
-// caller may keep and read, but must not modify.
+// Holders returns a copy of the live holders of k, which the caller owns.
 func (r *Registry) Holders(k protocol.PublicKey) []Holder {
 	s := r.shardOf(k)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.byKey[k]
+	hs := s.byKey[k]
+	if hs == nil {
+		return nil
+	}
+	return append(make([]Holder, 0, len(hs.list)), hs.list...)
+}
+
+// Count returns how many live holders k has.
+func (r *Registry) Count(k protocol.PublicKey) int {
+	s := r.shardOf(k)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if hs := s.byKey[k]; hs != nil {
+		return len(hs.list)
+	}
+	return 0
 }
 
 // Len returns the number of registered holders.

@@ -27,7 +27,7 @@ func benchHolders(n int) []*fake {
 // every P, as POST /sign does once per request.
 func BenchmarkHolders(b *testing.B) {
 	hs := benchHolders(19000)
-	r := New()
+	r := New(0)
 	for _, h := range hs {
 		r.Add(h)
 	}
@@ -48,7 +48,7 @@ func BenchmarkHolders(b *testing.B) {
 // connections that come and go do.
 func BenchmarkAddRemove(b *testing.B) {
 	hs := benchHolders(1 << 14)
-	r := New()
+	r := New(0)
 	var next atomic.Int64
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -66,7 +66,7 @@ func BenchmarkAddRemove(b *testing.B) {
 func BenchmarkHoldersUnderChurn(b *testing.B) {
 	hs := benchHolders(19000)
 	churn := benchHolders(1 << 12)
-	r := New()
+	r := New(0)
 	for _, h := range hs {
 		r.Add(h)
 	}
@@ -94,7 +94,7 @@ func BenchmarkHoldersUnderChurn(b *testing.B) {
 // already has eight (eight tabs of one user): the list is copied on remove.
 func BenchmarkSameKeyAddRemove(b *testing.B) {
 	base := benchHolders(1)[0]
-	r := New()
+	r := New(0)
 	for i := range 8 {
 		r.Add(&fake{key: base.key, id: strconv.Itoa(i)})
 	}

@@ -25,7 +25,7 @@ func key(b byte) protocol.PublicKey {
 }
 
 func TestAddRemove(t *testing.T) {
-	r := New()
+	r := New(0)
 	a1, a2, b := &fake{key(1), "a1"}, &fake{key(1), "a2"}, &fake{key(2), "b"}
 	steps := []struct {
 		name         string
@@ -58,7 +58,7 @@ func TestAddRemove(t *testing.T) {
 
 // A snapshot handed out before a Remove is not changed by it.
 func TestSnapshotIsStable(t *testing.T) {
-	r := New()
+	r := New(0)
 	hs := []*fake{{key(1), "0"}, {key(1), "1"}, {key(1), "2"}}
 	for _, h := range hs {
 		r.Add(h)
@@ -74,7 +74,7 @@ func TestSnapshotIsStable(t *testing.T) {
 }
 
 func TestConcurrent(t *testing.T) {
-	r := New()
+	r := New(0)
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
@@ -93,5 +93,38 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 	if r.Len() != 0 {
 		t.Fatalf("%d holders left", r.Len())
+	}
+}
+
+// A key at its maximum refuses one more connection, without touching the
+// ones it has or other keys; a slot freed by Remove can be taken again.
+func TestMaxPerKey(t *testing.T) {
+	r := New(2)
+	a1, a2, a3 := &fake{key(1), "a1"}, &fake{key(1), "a2"}, &fake{key(1), "a3"}
+	if r.Add(a1) != nil || r.Add(a2) != nil {
+		t.Fatal("the first two connections were refused")
+	}
+	if err := r.Add(a3); err != ErrTooManyConnections {
+		t.Fatalf("third connection: %v, want ErrTooManyConnections", err)
+	}
+	if err := r.Add(a1); err != nil {
+		t.Fatalf("adding a registered holder again: %v", err)
+	}
+	if err := r.Add(&fake{key(2), "b"}); err != nil {
+		t.Fatalf("another key was refused: %v", err)
+	}
+	if r.Count(key(1)) != 2 || r.Len() != 3 {
+		t.Fatalf("count %d, len %d", r.Count(key(1)), r.Len())
+	}
+	r.Remove(a1)
+	if err := r.Add(a3); err != nil {
+		t.Fatalf("after a removal: %v", err)
+	}
+	got := map[string]bool{}
+	for _, h := range r.Holders(key(1)) {
+		got[h.SessionID()] = true
+	}
+	if !got["a2"] || !got["a3"] || len(got) != 2 {
+		t.Fatalf("holders %v, want a2 and a3", got)
 	}
 }
