@@ -21,11 +21,13 @@ import (
 )
 
 // Directory is where the service finds the live connections of a key. The
-// local *registry.Registry is one; a multi-node deployment can put a
-// directory here whose holders forward frames to another node.
+// local *registry.Registry is one. The service calls it under its shard
+// locks, so an implementation must not do I/O or call back into the service.
 type Directory interface {
-	Add(h registry.Holder)
+	// Add registers h, or refuses it (registry.ErrTooManyConnections).
+	Add(h registry.Holder) error
 	Remove(h registry.Holder) bool
+	// Holders returns a copy of k's live holders, which the caller owns.
 	Holders(k protocol.PublicKey) []registry.Holder
 }
 
@@ -37,6 +39,9 @@ type Options struct {
 	MaxTimeout time.Duration
 	// MaxPendingPerKey bounds concurrent requests per key. Default 64.
 	MaxPendingPerKey int
+	// Budget bounds the requests pending in all and per owner (API key),
+	// by count and by message bytes; zero fields mean no bound.
+	Budget Budget
 	// Logger receives events; the default discards them.
 	Logger *slog.Logger
 }
@@ -62,7 +67,9 @@ func (o *Options) setDefaults() {
 // Request is one sign request from a backend.
 type Request struct {
 	// ID names the request on the wire and in logs; a new UUID when empty.
-	ID          string
+	ID string
+	// Owner names who asks (the API key), for the per-owner budget.
+	Owner       string
 	Key         protocol.PublicKey
 	Message     []byte
 	Description string
@@ -81,10 +88,15 @@ const shardCount = 64
 
 // Service is safe for concurrent use. Its locks guard maps only; frames are
 // queued to holders after the locks are released.
+//
+// Lock order: a shard's mu, then the Directory's own locks (inside its
+// calls), then budget.mu. No lock is held while a frame is sent, and none
+// of them is ever taken while another shard's mu is held.
 type Service struct {
-	dir  Directory
-	opts Options
-	log  *slog.Logger
+	dir    Directory
+	opts   Options
+	log    *slog.Logger
+	budget *budget
 
 	closing atomic.Bool
 	pending atomic.Int64
@@ -95,9 +107,18 @@ type Service struct {
 
 type shard struct {
 	mu sync.Mutex
-	// guards the following field and the recipients, failed and finished
-	// fields of every pending request whose key falls in this shard
-	byKey map[protocol.PublicKey][]*pending
+	// guards the following fields and the recipients, failed, finished
+	// and list fields of every pending request whose key falls in this shard
+	byKey map[protocol.PublicKey]*keyPending
+	byID  map[uuid.UUID]*pending
+}
+
+// keyPending lists a key's pending requests in the order they were made,
+// so that a reconnecting holder is handed them in that order; removal is
+// O(1).
+type keyPending struct {
+	head, tail *pending
+	n          int
 }
 
 type outcome struct {
@@ -111,21 +132,27 @@ type pending struct {
 	id      uuid.UUID
 	idStr   string
 	key     protocol.PublicKey
+	owner   string
 	message []byte
 	frame   []byte       // the encoded sign_request, shared by every recipient
 	done    chan outcome // buffered to one; filled exactly once, by finish
 
-	recipients []registry.Holder // live holders that received the request
-	failed     []registry.Holder // recipients whose answer did not verify
+	// recipients are the live holders that received the request: on one
+	// node, every live holder of the key. failed is the subset whose
+	// answer did not verify; when it is all of them, the request ends 502.
+	recipients map[registry.Holder]struct{}
+	failed     map[registry.Holder]struct{}
 	finished   bool
+	prev, next *pending // the key's list
 }
 
 // New returns a Service that finds key holders in dir.
 func New(dir Directory, opts Options) *Service {
 	opts.setDefaults()
-	s := &Service{dir: dir, opts: opts, log: opts.Logger, drained: make(chan struct{}, 1)}
+	s := &Service{dir: dir, opts: opts, log: opts.Logger, budget: newBudget(opts.Budget), drained: make(chan struct{}, 1)}
 	for i := range s.shards {
-		s.shards[i].byKey = make(map[protocol.PublicKey][]*pending)
+		s.shards[i].byKey = make(map[protocol.PublicKey]*keyPending)
+		s.shards[i].byID = make(map[uuid.UUID]*pending)
 	}
 	return s
 }
@@ -163,7 +190,7 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 	defer cancel()
 
 	p := &pending{
-		id: id, idStr: id.String(), key: req.Key, message: req.Message,
+		id: id, idStr: id.String(), key: req.Key, owner: req.Owner, message: req.Message,
 		done: make(chan outcome, 1),
 	}
 	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, expires)
@@ -179,12 +206,25 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 		sh.mu.Unlock()
 		return nil, ErrNotConnected
 	}
-	if len(sh.byKey[req.Key]) >= s.opts.MaxPendingPerKey {
+	kp := sh.byKey[req.Key]
+	if kp != nil && kp.n >= s.opts.MaxPendingPerKey {
 		sh.mu.Unlock()
 		return nil, ErrTooManyPending
 	}
-	sh.byKey[req.Key] = append(sh.byKey[req.Key], p)
-	p.recipients = append(make([]registry.Holder, 0, len(holders)), holders...)
+	if !s.budget.take(req.Owner, len(req.Message)) {
+		sh.mu.Unlock()
+		return nil, ErrTooManyPending
+	}
+	if kp == nil {
+		kp = &keyPending{}
+		sh.byKey[req.Key] = kp
+	}
+	kp.push(p)
+	sh.byID[id] = p
+	p.recipients = make(map[registry.Holder]struct{}, len(holders))
+	for _, h := range holders {
+		p.recipients[h] = struct{}{}
+	}
 	s.pending.Add(1)
 	sh.mu.Unlock()
 
@@ -213,6 +253,32 @@ func (o outcome) result(p *pending) (*Result, error) {
 	return &Result{RequestID: p.idStr, Signature: o.sig}, nil
 }
 
+func (kp *keyPending) push(p *pending) {
+	p.prev = kp.tail
+	if kp.tail != nil {
+		kp.tail.next = p
+	} else {
+		kp.head = p
+	}
+	kp.tail = p
+	kp.n++
+}
+
+func (kp *keyPending) remove(p *pending) {
+	if p.prev != nil {
+		p.prev.next = p.next
+	} else {
+		kp.head = p.next
+	}
+	if p.next != nil {
+		p.next.prev = p.prev
+	} else {
+		kp.tail = p.prev
+	}
+	p.prev, p.next = nil, nil
+	kp.n--
+}
+
 // finish ends p once: it records the outcome, removes p from the pending
 // set and sends sign_cancel with reason to every recipient but except.
 func (s *Service) finish(p *pending, o outcome, reason string, except registry.Holder) bool {
@@ -223,9 +289,24 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 		return false
 	}
 	p.finished = true
-	sh.removeLocked(p)
-	recipients := p.recipients
+	if kp := sh.byKey[p.key]; kp != nil {
+		kp.remove(p)
+		if kp.n == 0 {
+			delete(sh.byKey, p.key)
+		}
+	}
+	delete(sh.byID, p.id)
+	var recipients []registry.Holder
+	if reason != "" {
+		recipients = make([]registry.Holder, 0, len(p.recipients))
+		for h := range p.recipients {
+			if h != except {
+				recipients = append(recipients, h)
+			}
+		}
+	}
 	sh.mu.Unlock()
+	s.budget.give(p.owner, len(p.message))
 
 	p.done <- o
 	if s.pending.Add(-1) == 0 && s.closing.Load() {
@@ -234,84 +315,35 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 		default:
 		}
 	}
-	if reason == "" {
-		return true
-	}
-	var cancel []byte
-	for _, h := range recipients {
-		if h == except {
-			continue
+	if len(recipients) > 0 {
+		cancel := protocol.EncodeSignCancel(p.idStr, reason)
+		for _, h := range recipients {
+			h.Send(cancel)
 		}
-		if cancel == nil {
-			cancel = protocol.EncodeSignCancel(p.idStr, reason)
-		}
-		h.Send(cancel)
 	}
 	return true
-}
-
-func (sh *shard) removeLocked(p *pending) {
-	list := sh.byKey[p.key]
-	for i, x := range list {
-		if x == p {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(sh.byKey, p.key)
-	} else {
-		sh.byKey[p.key] = list
-	}
 }
 
 // lookupLocked finds the request id pending for h, or nil.
 func (sh *shard) lookupLocked(h registry.Holder, id uuid.UUID) *pending {
-	for _, p := range sh.byKey[h.Key()] {
-		if p.id == id {
-			if contains(p.recipients, h) && !contains(p.failed, h) {
-				return p
-			}
-			return nil
-		}
+	p := sh.byID[id]
+	if p == nil || p.key != h.Key() {
+		return nil
 	}
-	return nil
+	if _, ok := p.recipients[h]; !ok {
+		return nil
+	}
+	if _, bad := p.failed[h]; bad {
+		return nil
+	}
+	return p
 }
 
-func contains(list []registry.Holder, h registry.Holder) bool {
-	for _, x := range list {
-		if x == h {
-			return true
-		}
-	}
-	return false
-}
-
-func without(list []registry.Holder, h registry.Holder) []registry.Holder {
-	for i, x := range list {
-		if x == h {
-			out := make([]registry.Holder, 0, len(list)-1)
-			out = append(out, list[:i]...)
-			return append(out, list[i+1:]...)
-		}
-	}
-	return list
-}
-
-// exhaustedLocked reports whether no live holder of p's key is left that may
-// still answer: at least one is live, and every live one gave a bad answer.
-// With none live the request waits for the key to reconnect.
-func (s *Service) exhaustedLocked(p *pending) bool {
-	live := s.dir.Holders(p.key)
-	if len(live) == 0 {
-		return false
-	}
-	for _, h := range live {
-		if !contains(p.failed, h) {
-			return false
-		}
-	}
-	return true
+// exhaustedLocked reports whether no holder of p's key is left that may
+// still answer: at least one received it, and every one gave a bad answer.
+// With none left the request waits for the key to reconnect.
+func (p *pending) exhaustedLocked() bool {
+	return len(p.recipients) > 0 && len(p.failed) == len(p.recipients)
 }
 
 func unknownRequest(id string) *protocol.FrameError {
@@ -360,9 +392,12 @@ func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol
 
 	sh.mu.Lock()
 	exhausted := false
-	if !p.finished {
-		p.failed = append(p.failed, h)
-		exhausted = s.exhaustedLocked(p)
+	if _, still := p.recipients[h]; still && !p.finished {
+		if p.failed == nil {
+			p.failed = make(map[registry.Holder]struct{}, 1)
+		}
+		p.failed[h] = struct{}{}
+		exhausted = p.exhaustedLocked()
 	}
 	sh.mu.Unlock()
 	if exhausted {
@@ -383,27 +418,36 @@ func (s *Service) Reject(h registry.Holder, f *protocol.SignReject) *protocol.Fr
 }
 
 // Attach registers an introduced holder and hands it every request still
-// pending for its key, with the same request_id and expires_at.
-func (s *Service) Attach(h registry.Holder) {
+// pending for its key, with the same request_id and expires_at, in the
+// order they were made. A key at its connection limit refuses it with
+// registry.ErrTooManyConnections, and nothing is sent.
+func (s *Service) Attach(h registry.Holder) error {
 	sh := s.shardOf(h.Key())
 	sh.mu.Lock()
-	s.dir.Add(h)
+	if err := s.dir.Add(h); err != nil {
+		sh.mu.Unlock()
+		return err
+	}
 	var frames [][]byte
-	for _, p := range sh.byKey[h.Key()] {
-		if !contains(p.recipients, h) {
-			p.recipients = append(p.recipients, h)
-			frames = append(frames, p.frame)
+	if kp := sh.byKey[h.Key()]; kp != nil {
+		for p := kp.head; p != nil; p = p.next {
+			if _, ok := p.recipients[h]; !ok {
+				p.recipients[h] = struct{}{}
+				frames = append(frames, p.frame)
+			}
 		}
 	}
 	sh.mu.Unlock()
 	for _, f := range frames {
 		h.Send(f)
 	}
+	return nil
 }
 
 // Detach unregisters a holder whose connection closed. Its pending requests
-// keep waiting for another connection of the key, unless every live one
-// left has already answered with an invalid signature.
+// keep waiting for another connection of the key, unless every one left
+// has already answered with an invalid signature. It costs O(pending
+// requests of the key).
 func (s *Service) Detach(h registry.Holder) {
 	sh := s.shardOf(h.Key())
 	sh.mu.Lock()
@@ -412,12 +456,15 @@ func (s *Service) Detach(h registry.Holder) {
 		return
 	}
 	var exhausted []*pending
-	for _, p := range sh.byKey[h.Key()] {
-		p.recipients = without(p.recipients, h)
-		hadFailed := len(p.failed) > 0
-		p.failed = without(p.failed, h)
-		if hadFailed && s.exhaustedLocked(p) {
-			exhausted = append(exhausted, p)
+	if kp := sh.byKey[h.Key()]; kp != nil {
+		for p := kp.head; p != nil; p = p.next {
+			delete(p.recipients, h)
+			if _, bad := p.failed[h]; bad {
+				delete(p.failed, h)
+			}
+			if len(p.failed) > 0 && p.exhaustedLocked() {
+				exhausted = append(exhausted, p)
+			}
 		}
 	}
 	sh.mu.Unlock()
@@ -452,8 +499,8 @@ func (s *Service) Close() {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for _, list := range sh.byKey {
-			all = append(all, list...)
+		for _, p := range sh.byID {
+			all = append(all, p)
 		}
 		sh.mu.Unlock()
 	}

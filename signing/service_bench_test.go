@@ -82,7 +82,7 @@ func newBenchSigner(b *testing.B, svc *Service, i int, async bool) *benchSigner 
 // when the benchmark ends.
 func benchService(b *testing.B, n int, async bool) (*Service, []*benchSigner) {
 	b.Helper()
-	svc := New(registry.New(), Options{MaxPendingPerKey: 1024})
+	svc := New(registry.New(0), Options{MaxPendingPerKey: 1024})
 	hs := make([]*benchSigner, n)
 	var wg sync.WaitGroup
 	for i := range hs {

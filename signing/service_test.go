@@ -114,7 +114,7 @@ func await(t *testing.T, ch <-chan result) result {
 }
 
 func setup(t *testing.T, opts Options) (*Service, *registry.Registry) {
-	reg := registry.New()
+	reg := registry.New(0)
 	s := New(reg, opts)
 	t.Cleanup(s.Close)
 	return s, reg
@@ -278,5 +278,63 @@ func TestDrain(t *testing.T) {
 	}
 	if !<-drained {
 		t.Fatal("Drain reported requests left")
+	}
+}
+
+// The budget bounds pending requests in all and per owner, by count and by
+// message bytes, and gives back what an ended request held.
+func TestBudget(t *testing.T) {
+	b := newBudget(Budget{MaxPending: 3, MaxPendingBytes: 100, MaxPendingPerOwner: 2, MaxPendingBytesPerOwner: 60})
+	steps := []struct {
+		owner string
+		n     int
+		ok    bool
+	}{
+		{"a", 30, true},
+		{"a", 31, false}, // a's bytes: 61 > 60
+		{"a", 30, true},
+		{"a", 1, false},  // a's count: 3 > 2
+		{"b", 41, false}, // all bytes: 101 > 100
+		{"b", 40, true},
+		{"c", 1, false}, // all count: 4 > 3
+	}
+	for i, s := range steps {
+		if got := b.take(s.owner, s.n); got != s.ok {
+			t.Fatalf("step %d: take(%s, %d) = %v, want %v", i, s.owner, s.n, got, s.ok)
+		}
+	}
+	b.give("a", 30)
+	if !b.take("c", 1) {
+		t.Fatal("a freed place was not given back")
+	}
+	b.give("a", 30)
+	b.give("b", 40)
+	b.give("c", 1)
+	if b.count != 0 || b.bytes != 0 || len(b.owners) != 0 {
+		t.Fatalf("left over: %d requests, %d bytes, %d owners", b.count, b.bytes, len(b.owners))
+	}
+}
+
+// A request over the budget is refused with ErrTooManyPending and sends
+// nothing to the key's holders.
+func TestBudgetRefusesSign(t *testing.T) {
+	s, _ := setup(t, Options{Budget: Budget{MaxPendingPerOwner: 1}})
+	h := newHolder(t, nil, "h")
+	s.Attach(h)
+	first := start(s, context.Background(), Request{Owner: "k1", Key: h.key, Message: []byte("1")})
+	req := h.next(t)
+	if _, err := s.Sign(context.Background(), Request{Owner: "k1", Key: h.key, Message: []byte("2")}); !errors.Is(err, ErrTooManyPending) {
+		t.Fatalf("second request of k1: %v, want ErrTooManyPending", err)
+	}
+	h.quiet(t)
+	other := start(s, context.Background(), Request{Owner: "k2", Key: h.key, Message: []byte("3")})
+	req2 := h.next(t)
+	s.Respond(h, h.answer(req))
+	s.Respond(h, h.answer(req2))
+	if r := await(t, first); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r := await(t, other); r.err != nil {
+		t.Fatal(r.err)
 	}
 }
