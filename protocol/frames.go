@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"reflect"
 	"strings"
 	"time"
 )
@@ -110,7 +109,8 @@ type SignResponse struct {
 	Signature Bytes  `json:"signature" validate:"required,len=64"`
 }
 
-// SignReject declines a request; Reason may be empty or absent.
+// SignReject declines a request; Reason may be empty or absent, and the
+// decoder cuts it to MaxReasonRunes code points.
 type SignReject struct {
 	Type      string `json:"type"`
 	RequestID string `json:"request_id" validate:"required,uuid"`
@@ -147,9 +147,18 @@ func (e *FrameError) Frame() []byte { return EncodeError(e.Code, e.Message, e.Re
 // ErrBinaryFrame is returned for binary WebSocket frames, which the contract forbids.
 var ErrBinaryFrame = &FrameError{Code: CodeMalformedFrame, Message: "binary frames are not accepted; send JSON in text frames"}
 
+// MaxReasonRunes bounds the reason of a sign_reject: the decoders cut a
+// longer one to its first MaxReasonRunes code points. A reason travels back
+// to the backend in the 403 body, the request resource and the logs, so a
+// key holder must not be able to make those as large as a frame.
+const MaxReasonRunes = 256
+
 // DecodeHolderFrame parses one text frame from a key holder into
 // *Introduction, *SignResponse or *SignReject. Any other input gives a
-// *FrameError with the code to send back. Unknown fields are ignored.
+// *FrameError with the code to send back. Field names match exactly (after
+// JSON unescaping); a field the frame's type knows may appear only once, so
+// that every reader of a frame sees the same values; unknown fields are
+// ignored. A sign_reject's reason is cut to MaxReasonRunes code points.
 func DecodeHolderFrame(data []byte) (any, error) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
@@ -161,34 +170,53 @@ func DecodeHolderFrame(data []byte) (any, error) {
 	return decodeHolderFrameSlow(data)
 }
 
+// envelope is the part of a frame that says which frame it is.
+type envelope struct {
+	Type *string `json:"type"`
+}
+
+// The field tables of the frames a key holder sends.
+var (
+	envelopeFields     = fieldsOf[envelope]()
+	introductionFields = fieldsOf[Introduction]()
+	signResponseFields = fieldsOf[SignResponse]()
+	signRejectFields   = fieldsOf[SignReject]()
+	holderFrameFields  = fieldsOf[holderFrame]()
+)
+
 // decodeHolderFrameSlow is the reference decoder: envelope, then the typed
 // frame, then the validator. It explains every refusal precisely.
 func decodeHolderFrameSlow(data []byte) (any, error) {
-	var env struct {
-		Type *string `json:"type"`
-	}
-	if err := json.Unmarshal(data, &env); err != nil {
-		return nil, &FrameError{Code: CodeMalformedFrame, Message: "invalid JSON: " + jsonErrText(err)}
+	var env envelope
+	if err := decodeObjectRef(data, &env, envelopeFields); err != nil {
+		if errors.Is(err, errNotObject) {
+			return nil, &FrameError{Code: CodeMalformedFrame, Message: "frame must be a JSON object"}
+		}
+		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error()}
 	}
 	if env.Type == nil {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: `missing string field "type"`}
 	}
 	var v any
+	var fields *objectFields
 	switch *env.Type {
 	case TypeIntroduction:
-		v = new(Introduction)
+		v, fields = new(Introduction), introductionFields
 	case TypeSignResponse:
-		v = new(SignResponse)
+		v, fields = new(SignResponse), signResponseFields
 	case TypeSignReject:
-		v = new(SignReject)
+		v, fields = new(SignReject), signRejectFields
 	default:
 		return nil, &FrameError{Code: CodeUnknownType, Message: fmt.Sprintf("unknown frame type %q", *env.Type), RequestID: peekRequestID(data)}
 	}
-	if err := decodeInto(data, v); err != nil {
+	if err := decodeObjectRef(data, v, fields); err != nil {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error(), RequestID: peekRequestID(data)}
 	}
 	if err := Validate(v); err != nil {
 		return nil, &FrameError{Code: CodeMalformedFrame, Message: err.Error(), RequestID: peekRequestID(data)}
+	}
+	if r, ok := v.(*SignReject); ok {
+		r.Reason = cutRunes(r.Reason, MaxReasonRunes)
 	}
 	return v, nil
 }
@@ -196,23 +224,26 @@ func decodeHolderFrameSlow(data []byte) (any, error) {
 // holderFrame holds every field a key holder's frame may carry, so that a
 // well-formed frame is decoded in one pass without the validator.
 type holderFrame struct {
-	Type      *string `json:"type"`
-	RequestID string  `json:"request_id"`
-	Message   Bytes   `json:"message"`
-	Signature Bytes   `json:"signature"`
-	PublicKey Bytes   `json:"public_key"`
-	Reason    string  `json:"reason"`
+	Type      string `json:"type"`
+	RequestID string `json:"request_id"`
+	Message   Bytes  `json:"message"`
+	Signature Bytes  `json:"signature"`
+	PublicKey Bytes  `json:"public_key"`
+	Reason    string `json:"reason"`
 }
 
 // decodeHolderFrameFast decodes the frames that the slow path would accept
 // and says false for anything else, which the slow path then decodes again
 // to produce its precise error. It never accepts what the slow path refuses.
+// It refuses a repeated field of holderFrame even where the frame's type
+// does not know it; the slow path then decides.
 func decodeHolderFrameFast(data []byte) (any, bool) {
 	var f holderFrame
-	if json.Unmarshal(data, &f) != nil || f.Type == nil {
+	if !decodeObjectFast(data, &f, holderFrameFields) {
 		return nil, false
 	}
-	switch *f.Type {
+	// A missing or null type leaves "", which matches no case.
+	switch f.Type {
 	case TypeSignResponse:
 		if !isUUID(f.RequestID) || f.Message == nil || len(f.Signature) != SignatureSize {
 			return nil, false
@@ -222,7 +253,7 @@ func decodeHolderFrameFast(data []byte) (any, bool) {
 		if !isUUID(f.RequestID) {
 			return nil, false
 		}
-		return &SignReject{Type: TypeSignReject, RequestID: f.RequestID, Reason: f.Reason}, true
+		return &SignReject{Type: TypeSignReject, RequestID: f.RequestID, Reason: cutRunes(f.Reason, MaxReasonRunes)}, true
 	case TypeIntroduction:
 		if len(f.PublicKey) != 32 || len(f.Signature) != SignatureSize {
 			return nil, false
@@ -230,6 +261,23 @@ func decodeHolderFrameFast(data []byte) (any, bool) {
 		return &Introduction{Type: TypeIntroduction, PublicKey: f.PublicKey, Signature: f.Signature}, true
 	}
 	return nil, false
+}
+
+// cutRunes returns s cut to its first n code points, copied so that a cut
+// string does not keep the rest in memory. It cuts between the units that
+// ranging over s yields, so never inside a valid UTF-8 sequence.
+func cutRunes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	count := 0
+	for i := range s {
+		if count == n {
+			return strings.Clone(s[:i])
+		}
+		count++
+	}
+	return s
 }
 
 // isUUID matches the validator's "uuid" tag: 8-4-4-4-12 hex digits.
@@ -254,55 +302,21 @@ func isUUID(s string) bool {
 }
 
 // peekRequestID recovers a well-formed request_id from a frame that failed
-// to decode, so that the error can name the request it concerns.
+// to decode, so that the error can name the request it concerns. A repeated
+// request_id names none.
 func peekRequestID(data []byte) string {
-	var v struct {
-		RequestID string `json:"request_id" validate:"uuid"`
-	}
-	if json.Unmarshal(data, &v) != nil || Validate(&v) != nil {
+	var v peekedID
+	if decodeObjectRef(data, &v, peekedIDFields) != nil || Validate(&v) != nil {
 		return ""
 	}
 	return v.RequestID
 }
 
-// binaryFieldError names the base64 field of v that data gets wrong;
-// encoding/json does not say which field's decoder failed.
-func binaryFieldError(data []byte, v any) string {
-	var fields map[string]json.RawMessage
-	if json.Unmarshal(data, &fields) != nil {
-		return ""
-	}
-	t := reflect.TypeOf(v).Elem()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		raw, ok := fields[name]
-		if f.Type != reflect.TypeOf(Bytes(nil)) || !ok {
-			continue
-		}
-		var b Bytes
-		if err := b.UnmarshalJSON(raw); err != nil {
-			return fmt.Sprintf("%q %s", name, err)
-		}
-	}
-	return ""
+type peekedID struct {
+	RequestID string `json:"request_id" validate:"uuid"`
 }
 
-// decodeInto unmarshals data into v and explains a failure by field.
-func decodeInto(data []byte, v any) error {
-	err := json.Unmarshal(data, v)
-	if err == nil {
-		return nil
-	}
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		return errors.New("invalid JSON: " + jsonErrText(err))
-	}
-	if msg := binaryFieldError(data, v); msg != "" {
-		return errors.New(msg)
-	}
-	return errors.New(jsonErrText(err))
-}
+var peekedIDFields = fieldsOf[peekedID]()
 
 // jsonErrText turns encoding/json errors into a sentence that names the field.
 func jsonErrText(err error) string {

@@ -45,6 +45,19 @@ func BenchmarkPublicKeyVerify(b *testing.B) {
 	}
 }
 
+// BenchmarkPublicKeyCheck is the weak-key check that introductions and
+// POST /sign add; compare it with BenchmarkEd25519Verify.
+func BenchmarkPublicKeyCheck(b *testing.B) {
+	pub, _, _ := benchKey(b)
+	k, _ := PublicKeyFromBytes(pub)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := k.Check(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkDecodeHolderFrameSignResponse decodes the frame every round trip
 // receives: a sign_response for a 32-byte message.
 func BenchmarkDecodeHolderFrameSignResponse(b *testing.B) {

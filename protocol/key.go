@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+
+	"filippo.io/edwards25519"
 )
 
 // PublicKey is an Ed25519 public key. It is a comparable value so that it can
@@ -30,6 +32,20 @@ func PublicKeyFromBytes(b []byte) (PublicKey, error) {
 		return pk, ErrKeyLength
 	}
 	copy(pk.k[:], b)
+	return pk, nil
+}
+
+// CheckedPublicKey copies b into a PublicKey and refuses a weak one: it is
+// PublicKeyFromBytes followed by Check, for the places that take a key from
+// outside (an introduction, a POST /sign body).
+func CheckedPublicKey(b []byte) (PublicKey, error) {
+	pk, err := PublicKeyFromBytes(b)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	if err := pk.Check(); err != nil {
+		return PublicKey{}, err
+	}
 	return pk, nil
 }
 
@@ -57,6 +73,63 @@ func (k PublicKey) ShortString() string { return "k:" + k.String()[:8] }
 // Verify reports whether sig is a valid Ed25519 signature of msg by k.
 func (k PublicKey) Verify(msg, sig []byte) bool {
 	return len(sig) == ed25519.SignatureSize && ed25519.Verify(k.k[:], msg, sig)
+}
+
+// ErrWeakKey refuses a public key that proves nothing (contract §G): one
+// whose signatures can be made without a private key.
+var ErrWeakKey = errors.New("public key is not a canonical encoding of a prime-order point")
+
+// Edwards25519 constants of Check, read-only once initialised.
+var (
+	identityPoint  = edwards25519.NewIdentityPoint()
+	scalarZero     = edwards25519.NewScalar()
+	scalarMinusOne = func() *edwards25519.Scalar {
+		one, err := edwards25519.NewScalar().SetCanonicalBytes(append([]byte{1}, make([]byte, 31)...))
+		if err != nil {
+			panic("protocol: the scalar 1: " + err.Error())
+		}
+		return edwards25519.NewScalar().Subtract(edwards25519.NewScalar(), one) // ℓ − 1
+	}()
+)
+
+// Check returns ErrWeakKey unless k is the canonical encoding of a point of
+// prime order ℓ, the only keys for which a valid signature shows that
+// someone holds the private key. It refuses:
+//
+//   - bytes that are no point of the curve;
+//   - non-canonical encodings (y ≥ p, or the sign bit set with x = 0), which
+//     edwards25519 and many verifiers accept, so that one point would have
+//     several keys;
+//   - the 8 small-order points: for the identity, R = identity and S = 0
+//     verify for every message; for the others, S = 0 and R one of the
+//     small-order points verify for a large share of messages;
+//   - mixed-order points, a prime-order point plus a torsion component: one
+//     private key then stands behind up to 8 public keys, and verifiers that
+//     do and do not multiply by the cofactor disagree about its signatures.
+//
+// Prime order is tested as [ℓ]P = identity, computed as [ℓ−1]P + P since a
+// scalar cannot hold ℓ. A small-order point fails that test too, except the
+// identity; [8]P ≠ identity says so explicitly. The arithmetic is
+// filippo.io/edwards25519's, in variable time (a public key is public), and
+// costs about one signature verification, cheap enough to run on every
+// introduction and every POST /sign.
+func (k PublicKey) Check() error {
+	p, err := new(edwards25519.Point).SetBytes(k.k[:])
+	if err != nil {
+		return ErrWeakKey
+	}
+	// SetBytes accepts non-canonical encodings; Bytes writes the canonical one.
+	if !bytes.Equal(p.Bytes(), k.k[:]) {
+		return ErrWeakKey
+	}
+	if new(edwards25519.Point).MultByCofactor(p).Equal(identityPoint) == 1 {
+		return ErrWeakKey
+	}
+	q := new(edwards25519.Point).VarTimeDoubleScalarBaseMult(scalarMinusOne, p, scalarZero)
+	if q.Add(q, p).Equal(identityPoint) != 1 {
+		return ErrWeakKey
+	}
+	return nil
 }
 
 // MarshalJSON encodes the key in its wire form.
