@@ -16,33 +16,123 @@ import (
 
 const (
 	closeWait     = 2 * time.Second // the peer's answer to our close frame
+	closeNowWait  = time.Second     // writing a close frame to a peer we give up on
 	badFrameBurst = 20              // bad frames tolerated at once before 1008
+	// introductionFrameLimit is the read limit until a connection is
+	// introduced: an introduction is about 200 bytes, and an unintroduced
+	// socket must not make the relay hold more than this for it.
+	introductionFrameLimit = 1024
 )
+
+// connState is where a key-holder connection is in its life. It only moves
+// forward: handshake → open → closing → closed.
+type connState uint8
+
+const (
+	// stateHandshake: challenge sent, introduction not yet checked. Frames
+	// queued now wait until release.
+	stateHandshake connState = iota
+	// stateOpen: introduced and routable; queued frames flow.
+	stateOpen
+	// stateClosing: a close frame is queued behind the frames already
+	// queued (Close); nothing new is accepted.
+	stateClosing
+	// stateClosed: no more frames; the socket is closed or being closed.
+	stateClosed
+)
+
+// CloseReason is why a key-holder connection ended. It is a closed set, so
+// that logs and metrics can count every way a connection ends; the first
+// reason recorded for a connection is the one it keeps.
+type CloseReason uint8
+
+// Every way a key-holder connection ends.
+const (
+	ReasonUnknown             CloseReason = iota
+	ReasonPeerClosed                      // the key holder sent a close frame or closed the socket
+	ReasonReadError                       // the socket failed (reset, broken pipe)
+	ReasonPingTimeout                     // no pong or frame within twice websocket.ping_interval
+	ReasonIntroductionFailed              // a wrong introduction: 4401
+	ReasonIntroductionTimeout             // no introduction within websocket.introduction_timeout: 4401
+	ReasonTooManyConnections              // the key is at websocket.max_connections_per_key: 1013
+	ReasonFrameTooLarge                   // a frame over the read limit: 1009
+	ReasonMessageTimeout                  // a message started and not finished within websocket.message_timeout: 1008
+	ReasonBadFrames                       // too many bad frames: 1008
+	ReasonSlowReader                      // the send queue overflowed: 1008
+	ReasonWriteFailed                     // a write failed or timed out
+	ReasonShutdown                        // the relay is shutting down: 1001
+)
+
+var closeReasonNames = [...]string{
+	ReasonUnknown:             "unknown",
+	ReasonPeerClosed:          "peer_closed",
+	ReasonReadError:           "read_error",
+	ReasonPingTimeout:         "ping_timeout",
+	ReasonIntroductionFailed:  "introduction_failed",
+	ReasonIntroductionTimeout: "introduction_timeout",
+	ReasonTooManyConnections:  "too_many_connections",
+	ReasonFrameTooLarge:       "frame_too_large",
+	ReasonMessageTimeout:      "message_timeout",
+	ReasonBadFrames:           "bad_frames",
+	ReasonSlowReader:          "slow_reader",
+	ReasonWriteFailed:         "write_failed",
+	ReasonShutdown:            "shutdown",
+}
+
+// String is the reason's stable name, as logs and metric labels show it.
+func (r CloseReason) String() string {
+	if int(r) < len(closeReasonNames) {
+		return closeReasonNames[r]
+	}
+	return "unknown"
+}
+
+// CloseReasons lists every reason, for exposing each one from the start.
+func CloseReasons() []CloseReason {
+	out := make([]CloseReason, len(closeReasonNames))
+	for i := range out {
+		out[i] = CloseReason(i)
+	}
+	return out
+}
 
 // holderConn is one key-holder WebSocket. One goroutine (the handler's) reads.
 // Writes after the handshake go through a bounded queue; a writer goroutine
 // runs only while the queue has frames, so an idle connection costs one
 // goroutine, and a slow reader on the other end never blocks ours.
+//
+// Two verbs end it: Close (graceful: the close frame goes after what is
+// queued) and CloseNow (drop the queue, send the close frame from a
+// goroutine of its own and close the socket; never blocks the caller).
 type holderConn struct {
-	srv       *Server
-	ws        *websocket.Conn
-	ip        string
+	// Set before the connection is shared, then read-only.
+	srv *Server
+	ws  *websocket.Conn
+	ip  string
+
+	// Owned by the read loop.
 	badFrames *rate.Limiter
 	key       protocol.PublicKey // set once introduced, then read-only
 	session   string
 
+	// ending mirrors state >= stateClosing for the read loop's deadline
+	// logic, which must not take mu on every pong.
+	ending atomic.Bool
+	// msgDeadline is when the message being read must be complete (unix
+	// nanoseconds), 0 between messages. Owned by the read loop.
+	msgDeadline int64
+
 	mu sync.Mutex
 	// guards the following fields
+	state     connState
+	reason    CloseReason
 	queue     [][]byte
-	held      bool // frames wait in queue until release (during the handshake)
 	writing   bool // a writer goroutine is draining queue
-	closeCode int  // set once: send this close frame after the queue
+	closeCode int  // the close frame to send after the queue (stateClosing)
 	closeMsg  string
-	closed    bool // no more frames are accepted
 	pinger    *time.Timer
 
-	writers sync.WaitGroup
-	ending  atomic.Bool // a close is under way: stop extending the read deadline
+	writers sync.WaitGroup // the queue's writer and CloseNow's goroutine
 }
 
 func newHolderConn(s *Server, ws *websocket.Conn, ip string) *holderConn {
@@ -51,7 +141,6 @@ func newHolderConn(s *Server, ws *websocket.Conn, ip string) *holderConn {
 		ws:        ws,
 		ip:        ip,
 		badFrames: rate.NewLimiter(1, badFrameBurst),
-		held:      true,
 	}
 }
 
@@ -64,12 +153,29 @@ func (c *holderConn) logger() *slog.Logger {
 	return c.srv.log.With("remote", c.ip, "key", c.key.ShortString(), "session", c.session)
 }
 
-// release lets queued frames flow once the handshake is done.
+// setReasonLocked records why the connection ends, unless a reason is
+// already recorded.
+func (c *holderConn) setReasonLocked(r CloseReason) {
+	if c.reason == ReasonUnknown {
+		c.reason = r
+	}
+}
+
+// Reason returns why the connection ended (or is ending).
+func (c *holderConn) Reason() CloseReason {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason
+}
+
+// release ends the handshake: queued frames flow from now on.
 func (c *holderConn) release() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.held = false
-	if len(c.queue) > 0 || c.closeCode != 0 {
+	if c.state == stateHandshake {
+		c.state = stateOpen
+	}
+	if len(c.queue) > 0 || c.state == stateClosing {
 		c.startWriterLocked()
 	}
 }
@@ -85,18 +191,14 @@ func (c *holderConn) SessionID() string { return c.session }
 // 1008 so that the key holder reconnects and is sent what is pending again.
 func (c *holderConn) Send(frame []byte) bool {
 	c.mu.Lock()
-	if c.closed || c.closeCode != 0 {
+	if c.state >= stateClosing {
 		c.mu.Unlock()
 		return false
 	}
 	if len(c.queue) >= c.srv.queueLimit {
-		c.ending.Store(true)
-		c.closed = true
-		c.queue = nil
 		c.mu.Unlock()
 		c.logger().Warn("send queue full; closing slow key holder")
-		c.writeCloseNow(protocol.ClosePolicyViolation, "send queue full")
-		c.abort()
+		c.CloseNow(protocol.ClosePolicyViolation, "send queue full", ReasonSlowReader)
 		return false
 	}
 	c.queue = append(c.queue, frame)
@@ -106,7 +208,7 @@ func (c *holderConn) Send(frame []byte) bool {
 }
 
 func (c *holderConn) startWriterLocked() {
-	if c.writing || (c.held && c.closeCode == 0) {
+	if c.writing || c.state == stateHandshake || c.state == stateClosed {
 		return
 	}
 	c.writing = true
@@ -121,11 +223,11 @@ func (c *holderConn) drain() {
 		c.mu.Lock()
 		batch := c.queue
 		c.queue = nil
-		if len(batch) == 0 {
+		if len(batch) == 0 || c.state == stateClosed {
+			sendClose := c.state == stateClosing
 			code, msg := c.closeCode, c.closeMsg
-			sendClose := code != 0 && !c.closed
 			if sendClose {
-				c.closed = true
+				c.state = stateClosed
 			}
 			c.writing = false
 			c.mu.Unlock()
@@ -140,51 +242,72 @@ func (c *holderConn) drain() {
 		for _, f := range batch {
 			if err := c.writeNow(f); err != nil {
 				c.logger().Debug("write failed", "err", err)
-				c.markClosed()
-				c.abort()
 				c.mu.Lock()
 				c.writing = false
 				c.mu.Unlock()
+				c.CloseNow(0, "", ReasonWriteFailed)
 				return
 			}
 		}
 	}
 }
 
-// closeWith asks for the connection to be closed with code once the frames
-// already queued are written. Calling it again is harmless.
-func (c *holderConn) closeWith(code int, msg string) {
+// Close closes the connection gracefully: the close frame with code goes
+// out after the frames already queued. Calling it again, or after
+// CloseNow, is harmless; the first reason is kept.
+func (c *holderConn) Close(code int, msg string, why CloseReason) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.closeCode != 0 {
+	if c.state >= stateClosing {
 		return
 	}
+	c.state = stateClosing
+	c.setReasonLocked(why)
 	c.closeCode, c.closeMsg = code, msg
 	c.ending.Store(true)
 	c.startWriterLocked()
 }
 
-func (c *holderConn) markClosed() {
-	c.ending.Store(true)
+// CloseNow drops what is queued and closes the socket, after trying to send
+// a close frame with code (none when code is 0) for at most closeNowWait.
+// The work happens in a goroutine of its own, so a caller (a sender that
+// found the queue full, say) is never blocked by a peer that does not read.
+// Calling it again is harmless.
+func (c *holderConn) CloseNow(code int, msg string, why CloseReason) {
 	c.mu.Lock()
-	c.closed = true
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.state = stateClosed
+	c.setReasonLocked(why)
 	c.queue = nil
+	c.ending.Store(true)
+	c.writers.Add(1)
 	c.mu.Unlock()
+	go func() {
+		defer c.writers.Done()
+		if code != 0 {
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, msg), time.Now().Add(closeNowWait))
+		}
+		c.abort()
+	}()
 }
 
-// shutdown runs when the read loop has ended: it closes normally unless a
-// close is already under way, and waits for the writer to send it.
-func (c *holderConn) shutdown() {
-	c.closeWith(websocket.CloseNormalClosure, "")
-	// No writer can start after closeWith, so this Wait cannot race an Add.
+// shutdown runs when the read loop has ended with why: it closes normally
+// unless a close is already under way, and waits for the writer to send it.
+func (c *holderConn) shutdown(why CloseReason) {
+	c.Close(websocket.CloseNormalClosure, "", why)
+	// No writer can start after Close, so this Wait cannot race an Add.
 	c.writers.Wait()
 }
 
-// finish runs last on every path out of the handler: once closed is set
-// under the lock no writer can start, so waiting for the writers is safe.
+// finish runs last on every path out of the handler: once the state is
+// closed under the lock no writer can start, so waiting for them is safe.
 func (c *holderConn) finish() {
 	c.mu.Lock()
-	c.closed = true
+	c.state = stateClosed
+	c.ending.Store(true)
 	if c.pinger != nil {
 		c.pinger.Stop()
 	}
@@ -229,11 +352,18 @@ func (c *holderConn) pongWait() time.Duration {
 	return 2 * c.srv.cfg.WebSocket.PingInterval.D()
 }
 
+// extendReadDeadline moves the read deadline to a ping interval's worth of
+// silence from now, but never past the deadline of a message being read: a
+// peer that keeps answering pings cannot keep an unfinished message open.
 func (c *holderConn) extendReadDeadline() {
 	if c.ending.Load() {
 		return
 	}
-	_ = c.ws.NetConn().SetReadDeadline(time.Now().Add(c.pongWait()))
+	d := time.Now().Add(c.pongWait())
+	if md := c.msgDeadline; md != 0 && md < d.UnixNano() {
+		d = time.Unix(0, md)
+	}
+	_ = c.ws.NetConn().SetReadDeadline(d)
 }
 
 // startPinger pings every ping_interval; a peer that stops answering misses
@@ -244,7 +374,7 @@ func (c *holderConn) startPinger() {
 	defer c.mu.Unlock()
 	c.pinger = time.AfterFunc(interval, func() {
 		c.mu.Lock()
-		stop := c.closed || c.closeCode != 0
+		stop := c.state >= stateClosing
 		c.mu.Unlock()
 		if stop {
 			return
@@ -253,7 +383,7 @@ func (c *holderConn) startPinger() {
 			return
 		}
 		c.mu.Lock()
-		if !c.closed {
+		if c.state < stateClosing {
 			c.pinger.Reset(interval)
 		}
 		c.mu.Unlock()

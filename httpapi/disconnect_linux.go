@@ -23,6 +23,9 @@ func watchDisconnect(conn net.Conn, gone func()) (stop func()) {
 	if tc, ok := conn.(*tls.Conn); ok {
 		conn = tc.NetConn()
 	}
+	if tc, ok := conn.(*trackedConn); ok {
+		conn = tc.Conn
+	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return func() {}

@@ -41,9 +41,13 @@ var signErrors = []struct {
 	{signing.ErrInvalidSignature, fiber.StatusBadGateway, codeInvalidSignature},
 	{signing.ErrShuttingDown, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrTooManyPending, fiber.StatusServiceUnavailable, codeUnavailable},
-	// Nobody reads this one: the backend closed its connection.
-	{signing.ErrRequesterGone, 499, codeRequesterGone},
+	// The backend closed its connection: no answer is written at all.
+	{signing.ErrRequesterGone, statusNoResponse, codeRequesterGone},
 }
+
+// statusNoResponse marks an outcome that gets no HTTP answer: only the
+// contract's statuses are ever put on the wire.
+const statusNoResponse = 0
 
 func mapSignError(err error) (int, string) {
 	for _, e := range signErrors {
@@ -84,6 +88,9 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 			code = codeMethodNotAllowed
 		case fiber.StatusRequestEntityTooLarge:
 			code, msg = codeMessageTooLarge, "request body is larger than the configured limit"
+			// fasthttp stops reading the body here: close without a reset
+			// that would destroy this answer.
+			markLinger(c.Context().Conn())
 		case fiber.StatusUpgradeRequired:
 			code = codeUpgradeRequired
 		default: // "Request Header Fields Too Large" -> request_header_fields_too_large

@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/base64"
 	"io"
 	"net/http/httptest"
 	"net/netip"
@@ -111,7 +113,8 @@ func TestPanicIsRecovered(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.svc = nil // POST /sign now panics on a nil service
-	body := `{"public_key":"` + strings.Repeat("A", 43) + `=","message":"aGk="}`
+	pub, _, _ := ed25519.GenerateKey(nil)
+	body := `{"public_key":"` + base64.StdEncoding.EncodeToString(pub) + `","message":"aGk="}`
 	req := httptest.NewRequest("POST", "/sign", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer panic-test-key-0123456789")
 	res, err := s.app.Test(req)

@@ -24,6 +24,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
 	"github.com/signrelay/signrelay/config"
+	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
 	"github.com/signrelay/signrelay/signing"
 	"github.com/signrelay/signrelay/web"
@@ -42,8 +43,13 @@ type Server struct {
 	tlsConfig      *tls.Config
 
 	perAPIKey    *keyedLimiter // nil when rate limits are off
-	perPublicKey *keyedLimiter
+	perPublicKey *keyedLimiter // keyed by (API key, public key)
 	perIP        *keyedLimiter
+	authFailures *keyedLimiter // per client IP
+
+	unintroduced *unintroducedCounter
+	// listener is the front door Serve wraps around its listener.
+	listener atomic.Pointer[limitListener]
 
 	// bodyLimit is the largest POST /sign body accepted (see bodyLimit()).
 	bodyLimit int
@@ -66,7 +72,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	reg := registry.New()
+	reg := registry.New(cfg.WebSocket.MaxConnectionsPerKey)
 	s := &Server{
 		cfg: cfg,
 		log: log,
@@ -75,10 +81,17 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 			DefaultTimeout:   cfg.Sign.DefaultTimeout.D(),
 			MaxTimeout:       cfg.Sign.MaxTimeout.D(),
 			MaxPendingPerKey: cfg.Sign.MaxPendingPerKey,
-			Logger:           log,
+			Budget: signing.Budget{
+				MaxPending:              cfg.Sign.MaxPending,
+				MaxPendingBytes:         cfg.Sign.MaxPendingBytes,
+				MaxPendingPerOwner:      cfg.Sign.MaxPendingPerAPIKey,
+				MaxPendingBytesPerOwner: cfg.Sign.MaxPendingBytesPerAPIKey,
+			},
+			Logger: log,
 		}),
-		conns:     make(map[*holderConn]struct{}),
-		connsDone: make(chan struct{}),
+		unintroduced: newUnintroducedCounter(cfg.WebSocket.MaxUnintroduced, cfg.WebSocket.MaxUnintroducedPerIP),
+		conns:        make(map[*holderConn]struct{}),
+		connsDone:    make(chan struct{}),
 	}
 	s.bodyLimit = bodyLimit(cfg.Sign.MaxMessageBytes)
 	s.queueLimit = max(cfg.WebSocket.SendQueue, 2*cfg.Sign.MaxPendingPerKey+badFrameBurst+12)
@@ -96,6 +109,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		s.perAPIKey = newKeyedLimiter(cfg.RateLimits.SignPerAPIKey)
 		s.perPublicKey = newKeyedLimiter(cfg.RateLimits.SignPerPublicKey)
 		s.perIP = newKeyedLimiter(cfg.RateLimits.ConnectionsPerIP)
+		s.authFailures = newKeyedLimiter(cfg.RateLimits.AuthFailuresPerIP)
 	}
 	if cfg.TLS.Enabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -108,15 +122,19 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	s.app = fiber.New(fiber.Config{
 		AppName:               "signrelay",
 		DisableStartupMessage: true,
-		BodyLimit:             hardBodyLimit(s.bodyLimit),
-		ReadTimeout:           30 * time.Second,
-		WriteTimeout:          30 * time.Second,
-		IdleTimeout:           2 * time.Minute,
-		ErrorHandler:          s.errorHandler,
+		BodyLimit:             s.bodyLimit,
+		// fasthttp's ReadTimeout runs from a request's first byte to the
+		// end of its headers; onHeaders gives a body more time.
+		ReadTimeout:  cfg.HTTP.HeaderTimeout.D(),
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  cfg.HTTP.IdleTimeout.D(),
+		ErrorHandler: s.errorHandler,
 		// Release fasthttp's 4 KiB read buffer between requests, so that a
 		// hijacked WebSocket does not keep it (it reads through its own).
 		ReduceMemoryUsage: true,
 	})
+	s.app.Server().HeaderReceived = s.onHeaders
+	s.app.Use(s.guard)
 	// A bug that panics in a handler costs that request a 500, never the
 	// relay and every request it holds.
 	s.app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
@@ -148,14 +166,6 @@ func bodyLimit(maxMessage int) int {
 	return (maxMessage+2)/3*4 + 16<<10
 }
 
-// hardBodyLimit is fasthttp's own limit, well above ours. fasthttp answers a
-// body over its limit without reading it and closes the socket, and the
-// kernel's reset can destroy that answer before the client reads it; a body
-// under it is read in full, so our own 413 always arrives.
-func hardBodyLimit(soft int) int {
-	return max(8*soft, 1<<20)
-}
-
 func securityHeaders(c *fiber.Ctx) error {
 	c.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 	c.Set("X-Content-Type-Options", "nosniff")
@@ -171,12 +181,30 @@ func securityHeaders(c *fiber.Ctx) error {
 func (s *Server) Registry() *registry.Registry { return s.reg }
 
 // Serve accepts connections on ln until Shutdown; with TLS configured it
-// serves HTTPS and WSS.
+// serves HTTPS and WSS. It puts the front door's rules around ln: at most
+// http.max_connections open (by default derived from the open-file limit),
+// accept errors retried, and a deadline on every connection's first bytes.
 func (s *Server) Serve(ln net.Listener) error {
+	limit := s.cfg.HTTP.MaxConnections
+	if limit == 0 {
+		limit = defaultMaxConnections()
+	}
+	front := newLimitListener(ln, limit, s.cfg.HTTP.HeaderTimeout.D(), s.log)
+	s.listener.Store(front)
+	s.log.Debug("connection limit", "max_connections", limit)
+	ln = front
 	if s.tlsConfig != nil {
 		ln = tls.NewListener(ln, s.tlsConfig)
 	}
 	return s.app.Listener(ln)
+}
+
+// OpenConnections returns how many client connections are open now.
+func (s *Server) OpenConnections() int {
+	if l := s.listener.Load(); l != nil {
+		return l.Open()
+	}
+	return 0
 }
 
 func (s *Server) handleHealth(c *fiber.Ctx) error {
@@ -212,13 +240,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.closeWith(1001, "relay shutting down")
+		c.Close(protocol.CloseGoingAway, "relay shutting down", ReasonShutdown)
 	}
 	select {
 	case <-s.connsDone:
 	case <-ctx.Done():
 	}
-	return s.app.ShutdownWithContext(ctx)
+	err := s.app.ShutdownWithContext(ctx)
+	if l := s.listener.Load(); l != nil {
+		l.waitLingering(ctx.Done())
+	}
+	return err
 }
 
 // track registers an open WebSocket for shutdown; false once closing.

@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"time"
 
@@ -18,10 +19,21 @@ import (
 )
 
 // authenticate returns the index of the configured API key presented as a
-// bearer token. Every key is compared, in constant time, so timing tells
-// nothing about which key or how much of it matched.
+// bearer token.
 func (s *Server) authenticate(c *fiber.Ctx) (int, bool) {
-	h := c.Request().Header.Peek(fiber.HeaderAuthorization)
+	return s.apiKeyIndex(c.Request().Header.Peek(fiber.HeaderAuthorization))
+}
+
+// authenticated reports whether an Authorization header holds a right key.
+func (s *Server) authenticated(h []byte) bool {
+	_, ok := s.apiKeyIndex(h)
+	return ok
+}
+
+// apiKeyIndex finds the API key in an Authorization header. Every key is
+// compared, in constant time, so timing tells nothing about which key or
+// how much of it matched.
+func (s *Server) apiKeyIndex(h []byte) (int, bool) {
 	const scheme = "bearer "
 	if len(h) <= len(scheme) || !bytes.EqualFold(h[:len(scheme)], []byte(scheme)) {
 		return -1, false
@@ -47,10 +59,16 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	}
 	keyIndex, ok := s.authenticate(c)
 	if !ok {
+		// Guessing keys costs a token per try from the client's IP; a
+		// right key is never refused for it.
+		if ok, retry := s.authFailures.allow(rateKey(s.clientIP(c))); !ok {
+			return rateLimited(c, retry, "client IP (failed authentication)", "")
+		}
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="signrelay"`)
 		return writeError(c, fiber.StatusUnauthorized, codeUnauthorized, "missing or unknown API key", "")
 	}
-	if ok, retry := s.perAPIKey.allow(strconv.Itoa(keyIndex)); !ok {
+	owner := strconv.Itoa(keyIndex)
+	if ok, retry := s.perAPIKey.allow(owner); !ok {
 		return rateLimited(c, retry, "API key", "")
 	}
 	if n := len(c.Body()); n > s.bodyLimit {
@@ -61,6 +79,15 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	if err != nil {
 		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, err.Error(), "")
 	}
+	key, _ := protocol.PublicKeyFromBytes(body.PublicKey)
+	// A connected key passed the same check at its introduction; the check
+	// costs about one signature verification, so only others pay it.
+	connected := s.reg.Count(key) > 0
+	if !connected {
+		if err := key.Check(); err != nil {
+			return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, `"public_key": `+err.Error(), "")
+		}
+	}
 	if len(body.Message) > s.cfg.Sign.MaxMessageBytes {
 		return writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
 			fmt.Sprintf("message is %d bytes; the limit is %d", len(body.Message), s.cfg.Sign.MaxMessageBytes), "")
@@ -70,12 +97,16 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest,
 			fmt.Sprintf(`"timeout_ms" must be at most %d on this relay`, max.Milliseconds()), "")
 	}
-	key, _ := protocol.PublicKeyFromBytes(body.PublicKey)
 	requestID := uuid.NewString()
 	c.Set("X-Request-Id", requestID)
-	if ok, retry := s.perPublicKey.allow(string(body.PublicKey)); !ok {
-		s.log.Info("sign rate limited", "request_id", requestID, "key", key.ShortString())
-		return rateLimited(c, retry, "public key", requestID)
+	// The bucket is one API key's for one public key, and only a request
+	// that reaches a holder takes from it: a 404 costs nothing, and one
+	// backend cannot use up another's bucket for a shared key.
+	if s.perPublicKey != nil && connected {
+		if ok, retry := s.perPublicKey.allow(owner + "/" + string(body.PublicKey)); !ok {
+			s.log.Info("sign rate limited", "request_id", requestID, "key", key.ShortString())
+			return rateLimited(c, retry, "public key", requestID)
+		}
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -83,12 +114,20 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	stopWatch := watchDisconnectAfter(watchDelay, c.Context().Conn(), cancel)
 	start := time.Now()
 	res, err := s.svc.Sign(ctx, signing.Request{
-		ID: requestID, Key: key, Message: body.Message,
+		ID: requestID, Owner: owner, Key: key, Message: body.Message,
 		Description: body.Description, Timeout: timeout,
 	})
 	stopWatch()
 	if err != nil {
 		status, code := mapSignError(err)
+		if status == statusNoResponse {
+			// Nobody is there to read an answer: close the connection
+			// without one, rather than invent a status.
+			s.log.Info("sign ended", "request_id", requestID, "key", key.ShortString(), "code", code, "ms", time.Since(start).Milliseconds())
+			c.Context().HijackSetNoResponse(true)
+			c.Context().Hijack(func(net.Conn) {})
+			return nil
+		}
 		s.log.Info("sign ended", "request_id", requestID, "key", key.ShortString(), "status", status, "code", code, "ms", time.Since(start).Milliseconds())
 		b := errorBody{Error: errorDetail{Code: code, Message: err.Error()}, RequestID: requestID}
 		if re, ok := err.(*signing.RejectedError); ok {

@@ -3,8 +3,10 @@ package httpapi
 import (
 	"crypto/rand"
 	"errors"
+	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -13,11 +15,13 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/signrelay/signrelay/protocol"
+	"github.com/signrelay/signrelay/registry"
 )
 
 // checkUpgrade refuses a WebSocket before the upgrade, with a JSON error:
 // not an upgrade (426), shutting down (503), a browser origin not allowed
-// (403), too many new connections from this client IP (429).
+// (403), too many new connections from this client IP (429), too many
+// sockets not yet introduced from this IP (429) or in all (503).
 func (s *Server) checkUpgrade(c *fiber.Ctx) error {
 	if !fws.IsWebSocketUpgrade(c) {
 		return writeError(c, fiber.StatusUpgradeRequired, codeUpgradeRequired, "GET /ws is a WebSocket endpoint", "")
@@ -29,11 +33,29 @@ func (s *Server) checkUpgrade(c *fiber.Ctx) error {
 		return writeError(c, fiber.StatusForbidden, codeForbiddenOrigin, "origin "+origin+" may not connect", "")
 	}
 	ip := s.clientIP(c)
-	if ok, retry := s.perIP.allow(ip.String()); !ok {
+	bucket := rateKey(ip)
+	if ok, retry := s.perIP.allow(bucket); !ok {
 		return rateLimited(c, retry, "client IP", "")
 	}
+	slot, err := s.unintroduced.acquire(bucket)
+	if err != nil {
+		if errors.Is(err, errUnintroducedPerIP) {
+			return rateLimited(c, 1, "client IP (connections not yet introduced)", "")
+		}
+		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "too many connections are waiting to be introduced; try again later", "")
+	}
+	// The slot is freed when the connection is introduced or closes,
+	// whichever comes first, even if the upgrade never completes.
+	if tc := findTracked(c.Context().Conn()); tc != nil {
+		tc.slot.Store(slot)
+	}
 	c.Locals("client_ip", ip.String())
-	return c.Next()
+	c.Locals("intro_slot", slot)
+	err = c.Next()
+	if !c.Context().Hijacked() {
+		slot.release()
+	}
+	return err
 }
 
 func (s *Server) originAllowed(origin string) bool {
@@ -45,16 +67,72 @@ func (s *Server) originAllowed(origin string) bool {
 	return false
 }
 
-// errIntroduction wraps why a handshake failed, for the error frame.
-type errIntroduction struct{ msg string }
+// errUnintroducedPerIP and errUnintroducedTotal say which cap refused an
+// upgrade.
+var (
+	errUnintroducedPerIP = errors.New("too many unintroduced connections from this client IP")
+	errUnintroducedTotal = errors.New("too many unintroduced connections")
+)
 
-func (e *errIntroduction) Error() string { return e.msg }
+// unintroducedCounter bounds the sockets that are upgraded but not yet
+// introduced, in all and per client IP: the cheapest thing an anonymous
+// client can make the relay hold.
+type unintroducedCounter struct {
+	max, maxPerIP int
+
+	mu sync.Mutex
+	// guards the following fields
+	total int
+	perIP map[string]int
+}
+
+func newUnintroducedCounter(max, maxPerIP int) *unintroducedCounter {
+	return &unintroducedCounter{max: max, maxPerIP: maxPerIP, perIP: make(map[string]int)}
+}
+
+// introSlot is one place taken in the counter. release is harmless twice.
+type introSlot struct {
+	u    *unintroducedCounter
+	ip   string
+	once sync.Once
+}
+
+func (u *unintroducedCounter) acquire(ip string) (*introSlot, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.total >= u.max {
+		return nil, errUnintroducedTotal
+	}
+	if u.perIP[ip] >= u.maxPerIP {
+		return nil, errUnintroducedPerIP
+	}
+	u.total++
+	u.perIP[ip]++
+	return &introSlot{u: u, ip: ip}, nil
+}
+
+func (s *introSlot) release() {
+	if s == nil {
+		return
+	}
+	s.once.Do(func() {
+		u := s.u
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		u.total--
+		if u.perIP[s.ip]--; u.perIP[s.ip] <= 0 {
+			delete(u.perIP, s.ip)
+		}
+	})
+}
 
 // handleWS runs one key-holder connection: challenge, introduction within
 // the deadline, then the read loop until the socket closes. Writes after the
 // handshake go through the connection's queue.
 func (s *Server) handleWS(ws *fws.Conn) {
 	ip, _ := ws.Locals("client_ip").(string)
+	slot, _ := ws.Locals("intro_slot").(*introSlot)
+	defer slot.release()
 	c := newHolderConn(s, ws.Conn, ip)
 	if !s.track(c) {
 		c.writeCloseNow(protocol.CloseGoingAway, "relay shutting down")
@@ -62,90 +140,150 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	}
 	defer s.untrack(c)
 	defer c.finish()
-	ws.SetReadLimit(int64(s.cfg.WebSocket.MaxFrameBytes))
+	ws.SetReadLimit(introductionFrameLimit)
 
-	if err := c.introduce(); err != nil {
-		var ie *errIntroduction
-		if errors.As(err, &ie) {
-			c.logger().Info("introduction failed", "why", ie.msg)
-			c.writeNow(protocol.EncodeError(protocol.CodeIntroductionFailed, ie.msg, ""))
+	if why, msg := c.introduce(); why != ReasonUnknown {
+		c.mu.Lock()
+		c.setReasonLocked(why)
+		c.mu.Unlock()
+		switch why {
+		case ReasonIntroductionFailed, ReasonIntroductionTimeout:
+			c.logger().Info("introduction failed", "why", msg)
+			_ = c.writeNow(protocol.EncodeError(protocol.CodeIntroductionFailed, msg, ""))
 			c.writeCloseNow(protocol.CloseIntroductionFailed, "introduction failed")
-		} else {
-			c.logger().Debug("connection ended before introduction", "err", err)
+		default: // the library has sent 1009, or the peer is gone
+			c.logger().Debug("connection ended before introduction", "why", why.String(), "err", msg)
 		}
 		c.lingerRaw()
 		return
 	}
-	c.logger().Debug("introduced")
+	slot.release()
+	ws.SetReadLimit(int64(s.cfg.WebSocket.MaxFrameBytes))
 
 	// The key holder may ask for a signature the moment it reads
 	// "introduced", so it must already be routable then: queue the frame,
 	// register, and only then let the queue flow. Pending requests that
 	// Attach hands over are queued behind it.
 	c.Send(protocol.EncodeIntroduced(c.key, c.session))
-	s.svc.Attach(c)
+	if err := s.svc.Attach(c); err != nil {
+		c.refuseIntroduced(err)
+		return
+	}
+	c.logger().Debug("introduced")
 	c.release()
 	c.startPinger()
 	reason := c.readLoop()
 	s.svc.Detach(c)
-	c.logger().Debug("connection closed", "why", reason)
-	c.shutdown()
+	c.shutdown(reason)
+	c.logger().Debug("connection closed", "why", c.Reason().String())
 }
 
-// introduce sends the challenge and checks the answer. Its read deadline is
-// the introduction timeout, lifted once the key holder is verified.
-func (c *holderConn) introduce() error {
+// refuseIntroduced turns away a verified connection that Attach refused:
+// nothing queued for it has been written (it is still in the handshake),
+// so the queue is dropped and the error and close frames go out directly.
+func (c *holderConn) refuseIntroduced(err error) {
+	c.mu.Lock()
+	c.queue = nil
+	c.state = stateClosed
+	c.ending.Store(true)
+	c.setReasonLocked(ReasonTooManyConnections)
+	c.mu.Unlock()
+	msg := "this key has the most connections this relay allows; close one and try again"
+	if !errors.Is(err, registry.ErrTooManyConnections) {
+		msg = err.Error()
+	}
+	c.logger().Info("connection refused", "why", msg)
+	_ = c.writeNow(protocol.EncodeError(protocol.CodeTooManyConnections, msg, ""))
+	c.writeCloseNow(protocol.CloseTryAgainLater, "too many connections")
+	c.lingerRaw()
+}
+
+// introduce sends the challenge and checks the answer. It returns
+// ReasonUnknown on success, else why the connection ends and a message for
+// the key holder. Its read deadline is the introduction timeout, lifted
+// once the key holder is verified.
+func (c *holderConn) introduce() (CloseReason, string) {
 	nonce := make([]byte, protocol.NonceSize)
 	if _, err := rand.Read(nonce); err != nil {
-		return err
+		return ReasonWriteFailed, err.Error()
 	}
 	if err := c.writeNow(protocol.EncodeChallenge(nonce)); err != nil {
-		return err
+		return ReasonWriteFailed, err.Error()
 	}
 	_ = c.ws.SetReadDeadline(time.Now().Add(c.srv.cfg.WebSocket.IntroductionTimeout.D()))
 	mt, data, err := c.ws.ReadMessage()
 	if err != nil {
-		var ne net.Error
-		if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-			return &errIntroduction{"introduction deadline passed"}
+		switch {
+		case isTimeout(err):
+			return ReasonIntroductionTimeout, "introduction deadline passed"
+		case errors.Is(err, websocket.ErrReadLimit):
+			return ReasonFrameTooLarge, "introduction frame over the limit"
 		}
-		return err
+		return readErrorReason(err), err.Error()
 	}
 	if mt != websocket.TextMessage {
-		return &errIntroduction{"binary frames are not accepted; send the introduction as JSON text"}
+		return ReasonIntroductionFailed, "binary frames are not accepted; send the introduction as JSON text"
 	}
 	f, err := protocol.DecodeHolderFrame(data)
 	if err != nil {
-		return &errIntroduction{"bad introduction: " + err.(*protocol.FrameError).Message}
+		return ReasonIntroductionFailed, "bad introduction: " + err.(*protocol.FrameError).Message
 	}
 	intro, ok := f.(*protocol.Introduction)
 	if !ok {
-		return &errIntroduction{`expected an "introduction" frame first`}
+		return ReasonIntroductionFailed, `expected an "introduction" frame first`
 	}
 	key, _ := protocol.PublicKeyFromBytes(intro.PublicKey)
+	if err := key.Check(); err != nil {
+		return ReasonIntroductionFailed, err.Error()
+	}
 	if !key.Verify(protocol.IntroductionMessage(nonce), intro.Signature) {
-		return &errIntroduction{"signature does not verify for this public key and nonce"}
+		return ReasonIntroductionFailed, "signature does not verify for this public key and nonce"
 	}
 	c.key = key
 	c.session = uuid.NewString()
 	c.extendReadDeadline()
-	return nil
+	return ReasonUnknown, ""
 }
 
-// readLoop handles frames until the connection ends, and says why.
-func (c *holderConn) readLoop() string {
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// readErrorReason classifies a read error that is not a deadline.
+func readErrorReason(err error) CloseReason {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ReasonPeerClosed
+	case errors.Is(err, websocket.ErrReadLimit):
+		return ReasonFrameTooLarge
+	}
+	return ReasonReadError
+}
+
+// readLoop handles messages until the connection ends, and says why. A
+// message must be complete within websocket.message_timeout of its first
+// frame: pongs keep a connection alive, but never an unfinished message.
+func (c *holderConn) readLoop() CloseReason {
 	c.ws.SetPongHandler(func(string) error {
 		c.extendReadDeadline()
 		return nil
 	})
+	msgTimeout := c.srv.cfg.WebSocket.MessageTimeout.D()
 	for {
-		mt, data, err := c.ws.ReadMessage()
+		c.msgDeadline = 0
+		mt, r, err := c.ws.NextReader()
 		if err != nil {
-			if errors.Is(err, websocket.ErrReadLimit) {
-				c.markClosed() // the library already sent 1009
-			}
-			return err.Error()
+			return c.readFailed(err)
 		}
+		c.msgDeadline = time.Now().Add(msgTimeout).UnixNano()
+		c.extendReadDeadline()
+		data, err := io.ReadAll(r)
+		if err != nil {
+			return c.readFailed(err)
+		}
+		c.msgDeadline = 0
 		if c.ending.Load() {
 			continue // closing: wait for the peer's close frame
 		}
@@ -161,12 +299,35 @@ func (c *holderConn) readLoop() string {
 		}
 		c.Send(ferr.Frame())
 		if !c.badFrames.Allow() {
-			c.closeWith(protocol.ClosePolicyViolation, "too many bad frames")
+			c.Close(protocol.ClosePolicyViolation, "too many bad frames", ReasonBadFrames)
 			// It can receive nothing more: stop routing to it now, not when
 			// the peer answers the close.
 			c.srv.svc.Detach(c)
 		}
 	}
+}
+
+// readFailed ends the read loop on err and says why the connection ends.
+func (c *holderConn) readFailed(err error) CloseReason {
+	switch {
+	case c.ending.Load():
+		return c.Reason() // our own close is under way; keep its reason
+	case errors.Is(err, websocket.ErrReadLimit):
+		// The library has sent 1009; nothing more may be written.
+		c.mu.Lock()
+		c.state = stateClosed
+		c.queue = nil
+		c.setReasonLocked(ReasonFrameTooLarge)
+		c.mu.Unlock()
+		c.ending.Store(true)
+		return ReasonFrameTooLarge
+	case isTimeout(err) && c.msgDeadline != 0 && time.Now().UnixNano() >= c.msgDeadline:
+		c.Close(protocol.ClosePolicyViolation, "message not completed in time", ReasonMessageTimeout)
+		return ReasonMessageTimeout
+	case isTimeout(err):
+		return ReasonPingTimeout
+	}
+	return readErrorReason(err)
 }
 
 func (c *holderConn) handleFrame(data []byte) *protocol.FrameError {
