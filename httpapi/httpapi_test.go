@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -124,5 +125,34 @@ func TestPanicIsRecovered(t *testing.T) {
 	out, _ := io.ReadAll(res.Body)
 	if res.StatusCode != 500 || !strings.Contains(string(out), `"code":"internal_error"`) {
 		t.Fatalf("%d %s", res.StatusCode, out)
+	}
+}
+
+// A limiter keeps at most its maximum of buckets: a client choosing new
+// keys (IPv6 /64s) cannot make it grow without bound. Refilled buckets are
+// swept to make room; when none has refilled, new keys are refused.
+func TestKeyedLimiterIsBounded(t *testing.T) {
+	k := newKeyedLimiter(config.Limit{Rate: 0.001, Burst: 1})
+	k.max = 3
+	for _, key := range []string{"a", "b", "c"} {
+		if ok, _ := k.allow(key); !ok {
+			t.Fatalf("%s refused", key)
+		}
+	}
+	if ok, retry := k.allow("d"); ok || retry < 1 {
+		t.Fatalf("a fourth key was admitted (%v, retry %d)", ok, retry)
+	}
+	if len(k.buckets) != 3 {
+		t.Fatalf("%d buckets, want 3", len(k.buckets))
+	}
+	fast := newKeyedLimiter(config.Limit{Rate: 1e9, Burst: 1})
+	fast.max = 2
+	for i := 0; i < 100; i++ {
+		if ok, _ := fast.allow(strconv.Itoa(i)); !ok {
+			t.Fatalf("key %d refused although every bucket had refilled", i)
+		}
+		if len(fast.buckets) > 2 {
+			t.Fatalf("%d buckets, want at most 2", len(fast.buckets))
+		}
 	}
 }

@@ -10,13 +10,21 @@ import (
 	"github.com/signrelay/signrelay/config"
 )
 
+// maxBuckets bounds the buckets one limiter keeps. Clients choose the keys
+// (every IPv6 /64 is one), so without a bound an attacker could make the map
+// grow with its request rate. A limiter that is full even after a sweep
+// refuses new keys until buckets refill: it fails closed, for everyone new,
+// which a flood of that size deserves.
+const maxBuckets = 100_000
+
 // keyedLimiter is a token bucket per key (API key, public key, client IP).
 // Buckets that have refilled are swept lazily, so memory stays bounded by
-// the keys active in the last refill period.
+// the keys active in the last refill period, and at most maxBuckets.
 type keyedLimiter struct {
 	limit rate.Limit
 	burst int
 	every time.Duration // how often full buckets are swept
+	max   int
 
 	mu sync.Mutex
 	// guards the following fields
@@ -29,6 +37,7 @@ func newKeyedLimiter(l config.Limit) *keyedLimiter {
 	return &keyedLimiter{
 		limit: rate.Limit(l.Rate), burst: l.Burst,
 		every:   max(refill, time.Minute),
+		max:     maxBuckets,
 		buckets: make(map[string]*rate.Limiter),
 	}
 }
@@ -42,15 +51,13 @@ func (k *keyedLimiter) allow(key string) (ok bool, retryAfter int) {
 	now := time.Now()
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if now.Sub(k.lastSweep) > k.every {
-		for key, b := range k.buckets {
-			if b.TokensAt(now) >= float64(k.burst) {
-				delete(k.buckets, key)
-			}
-		}
-		k.lastSweep = now
-	}
 	b := k.buckets[key]
+	if b == nil && (now.Sub(k.lastSweep) > k.every || len(k.buckets) >= k.max) {
+		k.sweepLocked(now)
+	}
+	if b == nil && len(k.buckets) >= k.max {
+		return false, max(1, int(math.Ceil(k.every.Seconds())))
+	}
 	if b == nil {
 		b = rate.NewLimiter(k.limit, k.burst)
 		k.buckets[key] = b
@@ -61,4 +68,15 @@ func (k *keyedLimiter) allow(key string) (ok bool, retryAfter int) {
 		return false, max(1, int(math.Ceil(d.Seconds())))
 	}
 	return true, 0
+}
+
+// sweepLocked drops the buckets that have refilled: they hold no state a
+// new bucket would not have.
+func (k *keyedLimiter) sweepLocked(now time.Time) {
+	for key, b := range k.buckets {
+		if b.TokensAt(now) >= float64(k.burst) {
+			delete(k.buckets, key)
+		}
+	}
+	k.lastSweep = now
 }
