@@ -4,7 +4,7 @@
 
 GO        ?= go
 CHROMIUM  ?= /usr/bin/chromium
-FUZZTIME  ?= 10s
+FUZZTIME  ?= 8s
 
 .PHONY: run test test-go test-browser fuzz bench-smoke bench bench-quick lint deps deps-go deps-browser
 
@@ -29,10 +29,15 @@ lint: deps-go
 test-go: deps-go
 	$(GO) test -race -count=1 ./...
 
-# A short run of each fuzz target on top of the shipped seed corpus.
+# A short run of each fuzz target on top of the shipped seed corpus: the
+# decoders (fast path against the reference), the weak-key check and the
+# X-Forwarded-For walk.
 fuzz: deps-go
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeHolderFrame$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignBody$$' -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeObject$$' -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzPublicKeyCheck$$' -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzRealClientIP$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./httpapi
 
 # Every testing.B benchmark once, so that none rots; no timing is judged.
 bench-smoke: deps-go
