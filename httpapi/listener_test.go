@@ -134,17 +134,6 @@ func TestFirstByteDeadline(t *testing.T) {
 	}
 }
 
-func TestDefaultMaxConnectionsLeavesHeadroom(t *testing.T) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		t.Skip(err)
-	}
-	n := defaultMaxConnections()
-	if uint64(n) >= rl.Cur || uint64(n) < rl.Cur*8/10 {
-		t.Fatalf("max connections %d for an open-file limit of %d", n, rl.Cur)
-	}
-}
-
 func TestHasBothLengths(t *testing.T) {
 	for raw, want := range map[string]bool{
 		"Host: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n": true,
