@@ -5,6 +5,7 @@
 //	signrelay-bench load  -url http://127.0.0.1:18080 -api-key KEY -pid PID [-holders 100] [-backends 64] [-duration 25s] [-rate 0] [-idle 0]
 //	signrelay-bench idle  -url http://127.0.0.1:18080 -pid PID -n 19000
 //	signrelay-bench relay -config bench.yaml -cpuprofile relay.pprof   (the relay itself, profiled)
+//	signrelay-bench budget [-budget-scenarios 1,6,8] [-relay-bin /tmp/signrelay]   (also: -mode budget)
 //	signrelay-bench verify                                             (ed25519.Verify yardstick)
 //
 // load prints completed requests, errors by status, throughput, latency
@@ -12,7 +13,10 @@
 // (from /proc/PID/stat) next to the generator's own, and the ratio of the
 // relay's CPU per request to one ed25519.Verify measured in this process.
 // idle opens N introduced connections and prints the relay's RSS growth per
-// connection and the introduction rate. Traffic goes to loopback only.
+// connection and the introduction rate. budget starts a relay binary of its
+// own per scenario and prints the relay's RSS per client-held resource (idle
+// sockets, half-sent requests, WebSockets at each stage, pending requests).
+// Traffic goes to loopback only.
 // docs/benchmarks.md has the figures and how they were made.
 package main
 
@@ -23,6 +27,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -38,14 +43,25 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	mode, args := os.Args[1], os.Args[2:]
+	// "-mode NAME" and "-mode=NAME" are accepted in place of the mode word.
+	if (mode == "-mode" || mode == "--mode") && len(args) > 0 {
+		mode, args = args[0], args[1:]
+	} else if v, ok := strings.CutPrefix(strings.TrimPrefix(mode, "-"), "-mode="); ok {
+		mode = v // --mode=NAME
+	} else if v, ok := strings.CutPrefix(mode, "-mode="); ok {
+		mode = v
+	}
 	var err error
-	switch os.Args[1] {
+	switch mode {
 	case "load":
-		err = cmdLoad(os.Args[2:])
+		err = cmdLoad(args)
 	case "idle":
-		err = cmdIdle(os.Args[2:])
+		err = cmdIdle(args)
 	case "relay":
-		err = cmdRelay(os.Args[2:])
+		err = cmdRelay(args)
+	case "budget":
+		err = cmdBudget(args)
 	case "verify":
 		m, f := measureVerify(9, 2000)
 		report("ed25519.Verify", "%s/op median, %s/op fastest (9 rounds of 2000, 32-byte messages)", us(m), us(f))
@@ -62,7 +78,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: signrelay-bench load|idle|relay|verify [flags]   (signrelay-bench MODE -h for the flags)
+	fmt.Fprint(os.Stderr, `usage: signrelay-bench load|idle|relay|verify|budget [flags]   (signrelay-bench MODE -h for the flags)
 `)
 }
 

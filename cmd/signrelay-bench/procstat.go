@@ -77,18 +77,11 @@ func procStatusKB(pid int, field string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		name, rest, ok := bytes.Cut(line, []byte(":"))
-		if !ok || string(name) != field {
-			continue
-		}
-		v := bytes.Fields(rest)
-		if len(v) == 0 {
-			break
-		}
-		return strconv.ParseInt(string(v[0]), 10, 64)
+	v, err := parseStatusKB(b, field)
+	if err != nil {
+		return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+	return v, nil
 }
 
 // procFDs counts a process's open file descriptors.
