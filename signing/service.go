@@ -143,6 +143,7 @@ type pending struct {
 	recipients map[registry.Holder]struct{}
 	failed     map[registry.Holder]struct{}
 	finished   bool
+	endReason  string // the sign_cancel reason it ended with, once finished
 	prev, next *pending // the key's list
 }
 
@@ -289,6 +290,7 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 		return false
 	}
 	p.finished = true
+	p.endReason = reason
 	if kp := sh.byKey[p.key]; kp != nil {
 		kp.remove(p)
 		if kp.n == 0 {
@@ -428,18 +430,35 @@ func (s *Service) Attach(h registry.Holder) error {
 		sh.mu.Unlock()
 		return err
 	}
-	var frames [][]byte
+	var handed []*pending
 	if kp := sh.byKey[h.Key()]; kp != nil {
 		for p := kp.head; p != nil; p = p.next {
 			if _, ok := p.recipients[h]; !ok {
 				p.recipients[h] = struct{}{}
-				frames = append(frames, p.frame)
+				handed = append(handed, p)
 			}
 		}
 	}
 	sh.mu.Unlock()
-	for _, f := range frames {
-		h.Send(f)
+	if len(handed) == 0 {
+		return nil
+	}
+	for _, p := range handed {
+		h.Send(p.frame)
+	}
+	// A request that ended between the unlock and the sends above had its
+	// sign_cancel queued to h before its sign_request: send the cancel
+	// again, after it, so that h does not show a request that is over.
+	var late []*pending
+	sh.mu.Lock()
+	for _, p := range handed {
+		if p.finished && p.endReason != "" {
+			late = append(late, p)
+		}
+	}
+	sh.mu.Unlock()
+	for _, p := range late {
+		h.Send(protocol.EncodeSignCancel(p.idStr, p.endReason))
 	}
 	return nil
 }
