@@ -50,6 +50,11 @@ type HTTP struct {
 	// (RLIMIT_NOFILE) less headroom for the relay's own files.
 	// http.max_connections, default 0.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP caps the open connections from one client
+	// address (IPv6: one /64), so that no single address can take every
+	// place; trusted proxies are not counted. 0 means no cap.
+	// http.max_connections_per_ip, default 1024.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// HeaderTimeout bounds the wait for a connection's first byte (and the
 	// TLS handshake) and then for the request headers.
 	// http.header_timeout, default 5s.
@@ -150,7 +155,8 @@ func Default() Config {
 	return Config{
 		Listen: "127.0.0.1:8080",
 		HTTP: HTTP{
-			HeaderTimeout: Duration(5 * time.Second), ReadTimeout: Duration(30 * time.Second),
+			MaxConnectionsPerIP: 1024,
+			HeaderTimeout:       Duration(5 * time.Second), ReadTimeout: Duration(30 * time.Second),
 			IdleTimeout: Duration(60 * time.Second),
 		},
 		Sign: Sign{
@@ -234,6 +240,9 @@ func (c *Config) Validate() error {
 	h := c.HTTP
 	if h.MaxConnections < 0 || h.MaxConnections > 1<<24 {
 		return bad("http.max_connections", "%d is out of range (0 for automatic, up to 16777216)", h.MaxConnections)
+	}
+	if h.MaxConnectionsPerIP < 0 || h.MaxConnectionsPerIP > 1<<24 {
+		return bad("http.max_connections_per_ip", "%d is out of range (0 for no cap, up to 16777216)", h.MaxConnectionsPerIP)
 	}
 	for key, d := range map[string]Duration{"http.header_timeout": h.HeaderTimeout, "http.read_timeout": h.ReadTimeout, "http.idle_timeout": h.IdleTimeout} {
 		if d.D() < 100*time.Millisecond || d.D() > 10*time.Minute {

@@ -93,6 +93,8 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 			markLinger(c.Context().Conn())
 		case fiber.StatusUpgradeRequired:
 			code = codeUpgradeRequired
+		case fiber.StatusBadRequest: // a bad request line or method
+			code = codeInvalidRequest
 		default: // "Request Header Fields Too Large" -> request_header_fields_too_large
 			code = strings.ReplaceAll(strings.ToLower(utils.StatusMessage(fe.Code)), " ", "_")
 		}

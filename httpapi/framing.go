@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,9 +13,19 @@ import (
 )
 
 // refusedHeader carries onHeaders' verdict to the handlers. It is removed
-// from every request before anything else looks at it, so a client cannot
-// send it.
+// from every request before anything else looks at it, and its value starts
+// with a token made at start (verdictToken), so that a client cannot send
+// one, not even as a chunked trailer, which fasthttp adds to the headers
+// after onHeaders has run.
 const refusedHeader = "X-Signrelay-Refused"
+
+var verdictToken = func() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic("httpapi: no randomness: " + err.Error())
+	}
+	return hex.EncodeToString(b) + ":"
+}()
 
 // Verdicts of onHeaders; a refused request's body is never read.
 const (
@@ -36,8 +48,12 @@ const otherBodyLimit = 4 << 10
 //     "100 Continue": its declared length is set to zero (the handler
 //     answers 401 or 413 from the headers) and the connection closes
 //     after the answer, so the unread bytes are never taken for a request.
-//   - Any other body is bounded small; POST /sign's by the message limit,
-//     with http.read_timeout to arrive.
+//   - Any other body is bounded small and gets no "100 Continue"; POST
+//     /sign's by the message limit, with http.read_timeout to arrive.
+//
+// A refused request's connection is marked to close here, not in a
+// handler: Fiber answers some requests (an unknown method) before any
+// middleware runs, and those must not keep the connection either.
 func (s *Server) onHeaders(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	h.Del(refusedHeader)
 	cl := h.ContentLength() // -1 chunked, -2 neither header
@@ -48,6 +64,7 @@ func (s *Server) onHeaders(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	case cl == 0 || cl == -2:
 		return fasthttp.RequestConfig{}
 	case !isSignPost(h):
+		h.Del(fiber.HeaderExpect)
 		return fasthttp.RequestConfig{MaxRequestBodySize: otherBodyLimit}
 	case !s.authenticated(h.Peek(fiber.HeaderAuthorization)):
 		refuse = refuseUnauthorized
@@ -58,18 +75,28 @@ func (s *Server) onHeaders(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	}
 	h.Del(fiber.HeaderExpect)
 	h.SetContentLength(0)
-	h.Set(refusedHeader, refuse)
+	h.SetConnectionClose()
+	h.Set(refusedHeader, verdictToken+refuse)
 	return fasthttp.RequestConfig{MaxRequestBodySize: 1}
 }
 
-// isSignPost matches the requests Fiber routes to handleSign (its routing
-// ignores case and a trailing slash).
+// isSignPost matches the requests Fiber routes to handleSign: its routing
+// ignores case and trailing slashes, and takes the path of an
+// absolute-form target (POST http://host/sign).
 func isSignPost(h *fasthttp.RequestHeader) bool {
 	if !h.IsPost() {
 		return false
 	}
-	path, _, _ := bytes.Cut(h.RequestURI(), []byte("?"))
-	return strings.EqualFold(strings.TrimSuffix(string(path), "/"), "/sign")
+	target, _, _ := bytes.Cut(h.RequestURI(), []byte("?"))
+	target, _, _ = bytes.Cut(target, []byte("#"))
+	if _, rest, ok := bytes.Cut(target, []byte("://")); ok {
+		i := bytes.IndexByte(rest, '/')
+		if i < 0 {
+			return false
+		}
+		target = rest[i:]
+	}
+	return strings.EqualFold(strings.TrimRight(string(target), "/"), "/sign")
 }
 
 // hasBothLengths reports whether raw request headers carry both
@@ -94,7 +121,8 @@ func hasBothLengths(raw []byte) bool {
 // and while the relay drains it closes every connection after its answer,
 // so that no client sends another request on a connection about to close.
 func (s *Server) guard(c *fiber.Ctx) error {
-	if why := string(c.Request().Header.Peek(refusedHeader)); why != "" {
+	if v := string(c.Request().Header.Peek(refusedHeader)); strings.HasPrefix(v, verdictToken) {
+		why := strings.TrimPrefix(v, verdictToken)
 		c.Context().SetConnectionClose()
 		markLinger(c.Context().Conn())
 		switch {
@@ -111,4 +139,25 @@ func (s *Server) guard(c *fiber.Ctx) error {
 		c.Context().SetConnectionClose()
 	}
 	return err
+}
+
+// knownMethodsOnly answers a request whose method Fiber does not route in
+// the contract's shape; Fiber itself would answer it in plain text, before
+// any middleware runs.
+func (s *Server) knownMethodsOnly(next fasthttp.RequestHandler) fasthttp.RequestHandler {
+	body := []byte(`{"error":{"code":"invalid_request","message":"unknown HTTP method"}}`)
+	return func(ctx *fasthttp.RequestCtx) {
+		for _, m := range fiber.DefaultMethods {
+			if string(ctx.Method()) == m {
+				next(ctx)
+				return
+			}
+		}
+		ctx.SetStatusCode(fiber.StatusBadRequest)
+		ctx.SetContentType(fiber.MIMEApplicationJSON)
+		ctx.SetBody(body)
+		if s.draining.Load() {
+			ctx.SetConnectionClose()
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
@@ -145,14 +146,23 @@ func TestKeyedLimiterIsBounded(t *testing.T) {
 	if len(k.buckets) != 3 {
 		t.Fatalf("%d buckets, want 3", len(k.buckets))
 	}
+	// Refilled buckets make room, but a full map is swept at most once a
+	// second, so new keys cannot buy a walk over every bucket each.
 	fast := newKeyedLimiter(config.Limit{Rate: 1e9, Burst: 1})
 	fast.max = 2
 	for i := 0; i < 100; i++ {
+		fast.lastSweep = time.Now().Add(-2 * time.Second)
 		if ok, _ := fast.allow(strconv.Itoa(i)); !ok {
 			t.Fatalf("key %d refused although every bucket had refilled", i)
 		}
 		if len(fast.buckets) > 2 {
 			t.Fatalf("%d buckets, want at most 2", len(fast.buckets))
 		}
+	}
+	fast.sweepLocked(time.Now())
+	fast.allow("x")
+	fast.allow("y")
+	if ok, _ := fast.allow("z"); ok {
+		t.Fatal("a full map was swept twice within a second")
 	}
 }

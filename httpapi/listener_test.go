@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"testing"
@@ -40,7 +41,7 @@ func loopback(t *testing.T) net.Listener {
 func TestAcceptRetriesTemporaryErrors(t *testing.T) {
 	base := loopback(t)
 	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
-	l := newLimitListener(&scriptedListener{Listener: base, errs: []error{emfile, syscall.ENFILE, syscall.ECONNABORTED}}, 10, time.Second, slog.New(slog.DiscardHandler))
+	l := newLimitListener(&scriptedListener{Listener: base, errs: []error{emfile, syscall.ENFILE, syscall.ECONNABORTED}}, 10, 0, nil, time.Second, slog.New(slog.DiscardHandler))
 	client, err := net.Dial("tcp", base.Addr().String()) // waits in the backlog
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func TestAcceptRetriesTemporaryErrors(t *testing.T) {
 // place, and closing it twice frees it once.
 func TestListenerCap(t *testing.T) {
 	base := loopback(t)
-	l := newLimitListener(base, 2, time.Second, slog.New(slog.DiscardHandler))
+	l := newLimitListener(base, 2, 0, nil, time.Second, slog.New(slog.DiscardHandler))
 	dial := func() net.Conn {
 		c, err := net.Dial("tcp", base.Addr().String())
 		if err != nil {
@@ -118,7 +119,7 @@ func TestListenerCap(t *testing.T) {
 // A connection that sends nothing meets the header deadline.
 func TestFirstByteDeadline(t *testing.T) {
 	base := loopback(t)
-	l := newLimitListener(base, 10, 100*time.Millisecond, slog.New(slog.DiscardHandler))
+	l := newLimitListener(base, 10, 0, nil, 100*time.Millisecond, slog.New(slog.DiscardHandler))
 	c, err := net.Dial("tcp", base.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -145,5 +146,66 @@ func TestHasBothLengths(t *testing.T) {
 		if got := hasBothLengths([]byte(raw)); got != want {
 			t.Errorf("%q: %v, want %v", raw, got, want)
 		}
+	}
+}
+
+// One address gets at most its share of the places; another address, and a
+// trusted proxy, are not held back by it.
+func TestListenerCapPerIP(t *testing.T) {
+	base := loopback(t)
+	proxy := netip.MustParsePrefix("127.0.0.3/32")
+	l := newLimitListener(base, 100, 2, []netip.Prefix{proxy}, time.Second, slog.New(slog.DiscardHandler))
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	from := func(ip string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", base.Addr().String())
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return c, err
+	}
+	refused := func(c net.Conn, err error) bool {
+		if err != nil {
+			return true
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		return err != nil && !isTimeout(err)
+	}
+	var mine []net.Conn
+	for i := 0; i < 2; i++ {
+		if _, err := from("127.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
+		mine = append(mine, <-accepted)
+	}
+	if !refused(from("127.0.0.1")) {
+		t.Fatal("a third connection from one address was not refused")
+	}
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.3", "127.0.0.3"} {
+		if _, err := from(ip); err != nil {
+			t.Fatalf("%s: %v", ip, err)
+		}
+		(<-accepted).Close()
+	}
+	mine[0].Close()
+	if _, err := from("127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	(<-accepted).Close()
+	mine[1].Close()
+	base.Close()
+	for c := range accepted {
+		c.Close()
 	}
 }

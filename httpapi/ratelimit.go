@@ -52,7 +52,9 @@ func (k *keyedLimiter) allow(key string) (ok bool, retryAfter int) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	b := k.buckets[key]
-	if b == nil && (now.Sub(k.lastSweep) > k.every || len(k.buckets) >= k.max) {
+	// A full map is swept at most once a second: each sweep walks every
+	// bucket under the lock, and new keys must not buy one each.
+	if b == nil && (now.Sub(k.lastSweep) > k.every || (len(k.buckets) >= k.max && now.Sub(k.lastSweep) > time.Second)) {
 		k.sweepLocked(now)
 	}
 	if b == nil && len(k.buckets) >= k.max {

@@ -134,6 +134,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		ReduceMemoryUsage: true,
 	})
 	s.app.Server().HeaderReceived = s.onHeaders
+	s.app.Server().Handler = s.knownMethodsOnly(s.app.Server().Handler)
 	s.app.Use(s.guard)
 	// A bug that panics in a handler costs that request a 500, never the
 	// relay and every request it holds.
@@ -147,6 +148,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return writeError(c, fiber.StatusMethodNotAllowed, codeMethodNotAllowed, "use POST /sign", "")
 	})
 	s.app.Get("/ws", s.checkUpgrade, websocket.New(s.handleWS, websocket.Config{
+		RecoverHandler:  s.recoverWS,
 		ReadBufferSize:  1024,
 		WriteBufferSize: 1024,
 		// Idle connections hold no write buffer.
@@ -182,14 +184,15 @@ func (s *Server) Registry() *registry.Registry { return s.reg }
 
 // Serve accepts connections on ln until Shutdown; with TLS configured it
 // serves HTTPS and WSS. It puts the front door's rules around ln: at most
-// http.max_connections open (by default derived from the open-file limit),
-// accept errors retried, and a deadline on every connection's first bytes.
+// http.max_connections open (by default derived from the open-file limit)
+// and http.max_connections_per_ip from one address, accept errors retried,
+// and a deadline on every connection's first bytes.
 func (s *Server) Serve(ln net.Listener) error {
 	limit := s.cfg.HTTP.MaxConnections
 	if limit == 0 {
 		limit = defaultMaxConnections()
 	}
-	front := newLimitListener(ln, limit, s.cfg.HTTP.HeaderTimeout.D(), s.log)
+	front := newLimitListener(ln, limit, s.cfg.HTTP.MaxConnectionsPerIP, s.trustedProxies, s.cfg.HTTP.HeaderTimeout.D(), s.log)
 	s.listener.Store(front)
 	s.log.Debug("connection limit", "max_connections", limit)
 	ln = front

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -126,6 +127,16 @@ func (s *introSlot) release() {
 	})
 }
 
+// recoverWS ends a key-holder connection whose handler panicked: a bug
+// costs that connection a 1011, never the relay. The handler's own
+// deferred calls (detach, untrack) have run by then.
+func (s *Server) recoverWS(conn *fws.Conn) {
+	if e := recover(); e != nil {
+		s.log.Error("panic in key-holder connection", "panic", e, "stack", string(debug.Stack()))
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+	}
+}
+
 // handleWS runs one key-holder connection: challenge, introduction within
 // the deadline, then the read loop until the socket closes. Writes after the
 // handshake go through the connection's queue.
@@ -169,6 +180,9 @@ func (s *Server) handleWS(ws *fws.Conn) {
 		c.refuseIntroduced(err)
 		return
 	}
+	// Also on a panic: a holder left registered would take a place of its
+	// key and swallow its requests until they time out.
+	defer s.svc.Detach(c)
 	c.logger().Debug("introduced")
 	c.release()
 	c.startPinger()

@@ -24,26 +24,39 @@ func TestRequestSmuggling(t *testing.T) {
 		name    string
 		headers func(cl int) string
 		cl      int
+		method  string // request line; POST /sign when empty
 	}{
 		// Content-Length covering everything: a CL-framing proxy sees one request.
 		{"CL then TE", func(cl int) string {
 			return fmt.Sprintf("Content-Length: %d\r\nTransfer-Encoding: chunked\r\n", cl)
-		}, len(hidden)},
+		}, len(hidden), ""},
 		{"TE then CL", func(cl int) string {
 			return fmt.Sprintf("Transfer-Encoding: chunked\r\nContent-Length: %d\r\n", cl)
-		}, len(hidden)},
+		}, len(hidden), ""},
 		// Content-Length ending at the chunked terminator.
 		{"CL then TE, short CL", func(cl int) string {
 			return fmt.Sprintf("Content-Length: %d\r\nTransfer-Encoding: chunked\r\n", cl)
-		}, 5},
+		}, 5, ""},
 		{"TE then CL, short CL", func(cl int) string {
 			return fmt.Sprintf("Transfer-Encoding: chunked\r\nContent-Length: %d\r\n", cl)
-		}, 5},
+		}, 5, ""},
+		// Fiber answers a method it does not know before any middleware
+		// runs: the connection must close all the same (review finding).
+		{"unknown method", func(cl int) string {
+			return fmt.Sprintf("Content-Length: %d\r\nTransfer-Encoding: chunked\r\n", cl)
+		}, len(hidden), "FOO /sign"},
+		{"other endpoint", func(cl int) string {
+			return fmt.Sprintf("Transfer-Encoding: chunked\r\nContent-Length: %d\r\n", cl)
+		}, len(hidden), "GET /healthz"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := r.mustDial(t)
-			req := "POST /sign HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + apiKey +
+			line := tc.method
+			if line == "" {
+				line = "POST /sign"
+			}
+			req := line + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + apiKey +
 				"\r\nContent-Type: application/json\r\n" + tc.headers(tc.cl) + "\r\n" + hidden
 			res, err := c.do(req, 3*time.Second)
 			if err != nil {
