@@ -254,7 +254,7 @@ func runBudget(o budgetOptions) ([]budgetRow, error) {
 	return rows, nil
 }
 
-const budgetConfigSummary = "rate_limits off; http.header_timeout, read_timeout, idle_timeout 2m; " +
+const budgetConfigSummary = "rate_limits off; http.max_connections_per_ip 0 (no cap); http.header_timeout, read_timeout, idle_timeout 2m; " +
 	"websocket.introduction_timeout and message_timeout 2m, ping_interval 10m, max_unintroduced(_per_ip) 100000; " +
 	"sign.max_pending_per_key 128, max_pending(_per_api_key) 100000, max_pending_bytes(_per_api_key) 16 GiB; other keys default"
 
@@ -275,6 +275,7 @@ api_keys: [%s]
 log_level: warn
 shutdown_grace: 1s
 http:
+  max_connections_per_ip: 0
   header_timeout: 2m
   read_timeout: 2m
   idle_timeout: 2m
