@@ -143,7 +143,7 @@ type pending struct {
 	recipients map[registry.Holder]struct{}
 	failed     map[registry.Holder]struct{}
 	finished   bool
-	endReason  string // the sign_cancel reason it ended with, once finished
+	endReason  string   // the sign_cancel reason it ended with, once finished
 	prev, next *pending // the key's list
 }
 
