@@ -12,6 +12,9 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -35,6 +38,9 @@ type Config struct {
 	// none: the TCP peer is the client and the header is ignored.
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	TLS            TLS      `yaml:"tls"`
+	// Cluster joins this relay to other nodes through NATS; its zero value
+	// (the default) is one node with no NATS. Key: cluster.
+	Cluster Cluster `yaml:"cluster"`
 	// ShutdownGrace is how long pending requests may finish after SIGTERM.
 	// shutdown_grace, default 10s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
@@ -144,6 +150,270 @@ type TLS struct {
 // Enabled reports whether TLS is configured.
 func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
 
+// Cluster configures the NATS link that joins several relay nodes into one
+// relay (contract §A). With nats_url and embedded.listen both empty (the
+// default) the relay is one node and NATS is not used at all. Key: cluster.
+type Cluster struct {
+	// NATSURL is the comma-separated list of an external NATS server or
+	// cluster's client URLs, nats://host:port or tls://host:port. Empty
+	// means no external server: one node, or (with embedded.listen) the
+	// relay's own embedded server. Credentials go in the keys below, not in
+	// the URL, so that the URL can be logged. cluster.nats_url, default "".
+	NATSURL string `yaml:"nats_url"`
+	// NodeID names this node on the bus and is the embedded server's name;
+	// every node of a cluster needs its own. 1–64 characters of letters,
+	// digits, '-' and '_'; empty makes a random one at each start (16 hex
+	// digits). cluster.node_id, default "".
+	NodeID string `yaml:"node_id"`
+	// SubjectPrefix starts every NATS subject the relay uses (inboxes
+	// included), so that several relays can share one NATS server and NATS
+	// permissions can be granted on "<prefix>.>". Tokens of letters, digits,
+	// '-' and '_' joined by dots, at most 128 characters.
+	// cluster.subject_prefix, default "signrelay".
+	SubjectPrefix string `yaml:"subject_prefix"`
+	// CredentialsFile, NkeyFile, User with Password, and Token authenticate
+	// the link to an external server (cluster.nats_url); at most one of the
+	// four may be set. CredentialsFile is a .creds file (user JWT and
+	// seed); NkeyFile holds an nkey seed (SU...). Files must exist at start.
+	// Anyone who can publish on the relay's subjects can forge answers and
+	// cancellations, so a NATS server reachable by others needs one.
+	// cluster.credentials_file, cluster.nkey_file, cluster.user,
+	// cluster.password, cluster.token; all default "".
+	CredentialsFile string `yaml:"credentials_file"`
+	NkeyFile        string `yaml:"nkey_file"`
+	User            string `yaml:"user"`
+	Password        string `yaml:"password"`
+	Token           string `yaml:"token"`
+	// TLS secures the link to an external server. Key: cluster.tls.
+	TLS ClusterTLS `yaml:"tls"`
+	// Embedded runs a NATS server inside the relay process, so that a
+	// cluster needs nothing but relays. Key: cluster.embedded.
+	Embedded Embedded `yaml:"embedded"`
+}
+
+// ClusterTLS is TLS for the link to an external NATS server: CAFile
+// verifies the server (the system roots when empty), CertFile and KeyFile
+// (both or neither) are a client certificate for servers that require one.
+// Files must exist at start. Keys: cluster.tls.ca_file, cluster.tls.cert_file,
+// cluster.tls.key_file, all default "".
+type ClusterTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether any TLS file is configured for the NATS link.
+func (t ClusterTLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
+
+// Embedded is a NATS server run inside the relay process. Several relays
+// route their embedded servers to each other to form a NATS cluster.
+// Key: cluster.embedded.
+type Embedded struct {
+	// Listen is the host:port of the embedded server's client port; empty
+	// means no embedded server. Port 0 picks a free port. With
+	// cluster.nats_url empty, the relay itself connects to this server
+	// (in-process). cluster.embedded.listen, default "".
+	Listen string `yaml:"listen"`
+	// ClusterListen is the host:port on which the embedded server accepts
+	// routes from the other relays' servers; empty means no routes (a
+	// cluster of one). cluster.embedded.cluster_listen, default "".
+	ClusterListen string `yaml:"cluster_listen"`
+	// Routes are the other relays' cluster_listen addresses, each
+	// nats://host:port. A route to this server itself is ignored, so every
+	// node may carry the same list. cluster.embedded.routes, default [].
+	Routes []string `yaml:"routes"`
+	// ClusterName names the NATS cluster; every routed server must use the
+	// same. 1–64 characters of letters, digits, '-' and '_'.
+	// cluster.embedded.cluster_name, default "signrelay".
+	ClusterName string `yaml:"cluster_name"`
+	// User with Password, or Token, is required from every client of the
+	// embedded server; they are required when listen is not a loopback
+	// address. User and Password also authenticate routes (in both
+	// directions), and are required when cluster_listen is not a loopback
+	// address, so that nobody else can join the cluster (a token cannot
+	// authenticate routes). cluster.embedded.user, cluster.embedded.password,
+	// cluster.embedded.token, all default "".
+	User     string `yaml:"user"`
+	Password string `yaml:"password"`
+	Token    string `yaml:"token"`
+}
+
+// NATSURLs returns the entries of nats_url, trimmed; nil when it is empty.
+func (c Cluster) NATSURLs() []string {
+	if strings.TrimSpace(c.NATSURL) == "" {
+		return nil
+	}
+	out := strings.Split(c.NATSURL, ",")
+	for i := range out {
+		out[i] = strings.TrimSpace(out[i])
+	}
+	return out
+}
+
+// validate checks the cluster keys; bad formats an error naming the key.
+func (c *Cluster) validate(bad func(key, format string, args ...any) error) error {
+	for i, u := range c.NATSURLs() {
+		if !isNATSURL(u, "nats", "tls") {
+			return bad("cluster.nats_url", "entry %d %q is not nats://host:port or tls://host:port (credentials go in cluster.user and cluster.password or cluster.token)", i, u)
+		}
+	}
+	if c.NodeID != "" && !isName(c.NodeID, 64) {
+		return bad("cluster.node_id", "%q must be 1 to 64 letters, digits, '-' or '_' (or empty for a random one)", c.NodeID)
+	}
+	if len(c.SubjectPrefix) > 128 || !isSubject(c.SubjectPrefix) {
+		return bad("cluster.subject_prefix", "%q is not NATS subject tokens (letters, digits, '-', '_') joined by dots, at most 128 characters", c.SubjectPrefix)
+	}
+	external := map[string]string{
+		"cluster.credentials_file": c.CredentialsFile, "cluster.nkey_file": c.NkeyFile,
+		"cluster.user": c.User, "cluster.password": c.Password, "cluster.token": c.Token,
+		"cluster.tls.ca_file": c.TLS.CAFile, "cluster.tls.cert_file": c.TLS.CertFile, "cluster.tls.key_file": c.TLS.KeyFile,
+	}
+	if c.NATSURL == "" {
+		for _, key := range sortedKeys(external) {
+			if external[key] != "" {
+				return bad(key, "only used with cluster.nats_url (the link to an external NATS server); the embedded server has cluster.embedded.user, password and token")
+			}
+		}
+	}
+	if (c.User == "") != (c.Password == "") {
+		return bad("cluster.password", "set both cluster.user and cluster.password, or neither")
+	}
+	var methods []string
+	for _, m := range []struct{ key, v string }{
+		{"cluster.credentials_file", c.CredentialsFile}, {"cluster.nkey_file", c.NkeyFile},
+		{"cluster.user", c.User}, {"cluster.token", c.Token},
+	} {
+		if m.v != "" {
+			methods = append(methods, m.key)
+		}
+	}
+	if len(methods) > 1 {
+		return bad(methods[1], "%s is set too; use at most one of credentials_file, nkey_file, user and password, token", methods[0])
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return bad("cluster.tls", "set both cert_file and key_file, or neither")
+	}
+	for _, key := range []string{"cluster.credentials_file", "cluster.nkey_file", "cluster.tls.ca_file", "cluster.tls.cert_file", "cluster.tls.key_file"} {
+		if f := external[key]; f != "" {
+			if _, err := os.Stat(f); err != nil {
+				return bad(key, "%v", err)
+			}
+		}
+	}
+
+	e := c.Embedded
+	if e.Listen == "" {
+		for _, k := range []struct{ key, v string }{
+			{"cluster.embedded.cluster_listen", e.ClusterListen}, {"cluster.embedded.user", e.User},
+			{"cluster.embedded.password", e.Password}, {"cluster.embedded.token", e.Token},
+		} {
+			if k.v != "" {
+				return bad(k.key, "only used with cluster.embedded.listen (the embedded NATS server)")
+			}
+		}
+	} else if !isHostPort(e.Listen) {
+		return bad("cluster.embedded.listen", "%q is not host:port", e.Listen)
+	}
+	if e.ClusterListen != "" && !isHostPort(e.ClusterListen) {
+		return bad("cluster.embedded.cluster_listen", "%q is not host:port", e.ClusterListen)
+	}
+	if len(e.Routes) > 0 && e.ClusterListen == "" {
+		return bad("cluster.embedded.routes", "need cluster.embedded.cluster_listen (a server without a cluster port opens no routes)")
+	}
+	for i, r := range e.Routes {
+		if !isNATSURL(r, "nats") {
+			return bad(fmt.Sprintf("cluster.embedded.routes[%d]", i), "%q is not nats://host:port (route credentials are cluster.embedded.user and password)", r)
+		}
+	}
+	if !isName(e.ClusterName, 64) {
+		return bad("cluster.embedded.cluster_name", "%q must be 1 to 64 letters, digits, '-' or '_'", e.ClusterName)
+	}
+	if (e.User == "") != (e.Password == "") {
+		return bad("cluster.embedded.password", "set both cluster.embedded.user and cluster.embedded.password, or neither")
+	}
+	if e.Token != "" && e.User != "" {
+		return bad("cluster.embedded.token", "cluster.embedded.user is set too; use user and password, or token")
+	}
+	if e.Listen != "" && !isLoopback(e.Listen) && e.User == "" && e.Token == "" {
+		return bad("cluster.embedded.user", "required (with password, or token instead) when cluster.embedded.listen %q is not a loopback address", e.Listen)
+	}
+	if e.ClusterListen != "" && !isLoopback(e.ClusterListen) && e.User == "" {
+		return bad("cluster.embedded.user", "required with password when cluster.embedded.cluster_listen %q is not a loopback address: they authenticate routes (a token cannot)", e.ClusterListen)
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// isName reports whether s is 1 to max letters, digits, '-' or '_'.
+func isName(s string, max int) bool {
+	if s == "" || len(s) > max {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// isSubject reports whether s is one or more names joined by single dots.
+func isSubject(s string) bool {
+	for _, tok := range strings.Split(s, ".") {
+		if !isName(tok, len(tok)) {
+			return false
+		}
+	}
+	return true
+}
+
+// isHostPort reports whether s is host:port with a numeric port 0–65535
+// (the host may be empty, meaning every interface).
+func isHostPort(s string) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535 && port == strconv.Itoa(n)
+}
+
+// isNATSURL reports whether s is scheme://host:port with one of schemes and
+// nothing else (no credentials, path or query).
+func isNATSURL(s string, schemes ...string) bool {
+	u, err := url.Parse(s)
+	if err != nil || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return false
+	}
+	if !slices.Contains(schemes, u.Scheme) || u.Hostname() == "" {
+		return false
+	}
+	n, err := strconv.Atoi(u.Port())
+	return err == nil && n >= 1 && n <= 65535
+}
+
+// isLoopback reports whether the host of host:port is a loopback address
+// or "localhost". An empty host (every interface) is not.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
 // Duration is a time.Duration written as "10s", "1m30s" or "250ms".
 type Duration time.Duration
 
@@ -177,6 +447,10 @@ func Default() Config {
 			SignPerPublicKey:  Limit{Rate: 20, Burst: 40},
 			ConnectionsPerIP:  Limit{Rate: 10, Burst: 50},
 			AuthFailuresPerIP: Limit{Rate: 1, Burst: 20},
+		},
+		Cluster: Cluster{
+			SubjectPrefix: "signrelay",
+			Embedded:      Embedded{ClusterName: "signrelay"},
 		},
 		ShutdownGrace: Duration(10 * time.Second),
 		LogLevel:      "info",
@@ -332,6 +606,9 @@ func (c *Config) Validate() error {
 				return bad(key, "%v", err)
 			}
 		}
+	}
+	if err := c.Cluster.validate(bad); err != nil {
+		return err
 	}
 	if c.ShutdownGrace < 0 || c.ShutdownGrace.D() > 10*time.Minute {
 		return bad("shutdown_grace", "%s is out of range (0 to 10m)", c.ShutdownGrace)

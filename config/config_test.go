@@ -200,10 +200,156 @@ func TestShippedConfigIsTheDefaults(t *testing.T) {
 	want := Default()
 	want.APIKeys, want.GeneratedAPIKey = cfg.APIKeys, true
 	want.TrustedProxies, want.WebSocket.AllowedOrigins = cfg.TrustedProxies, cfg.WebSocket.AllowedOrigins
-	if len(cfg.TrustedProxies) != 0 || len(cfg.WebSocket.AllowedOrigins) != 0 {
-		t.Fatalf("config.yaml sets trusted_proxies %q or allowed_origins %q", cfg.TrustedProxies, cfg.WebSocket.AllowedOrigins)
+	want.Cluster.Embedded.Routes = cfg.Cluster.Embedded.Routes
+	if len(cfg.TrustedProxies) != 0 || len(cfg.WebSocket.AllowedOrigins) != 0 || len(cfg.Cluster.Embedded.Routes) != 0 {
+		t.Fatalf("config.yaml sets trusted_proxies %q, allowed_origins %q or cluster.embedded.routes %q",
+			cfg.TrustedProxies, cfg.WebSocket.AllowedOrigins, cfg.Cluster.Embedded.Routes)
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("config.yaml gives %+v, want the defaults %+v", cfg, want)
+	}
+}
+
+func TestClusterErrorsNameTheKey(t *testing.T) {
+	existing := writeFile(t, "not a real key file")
+	missing := filepath.Join(t.TempDir(), "missing.creds")
+	ext := "cluster:\n  nats_url: nats://127.0.0.1:4222\n"
+	emb := "cluster:\n  embedded:\n    listen: 127.0.0.1:4222\n"
+	for _, tc := range []struct {
+		name, yaml, key string
+	}{
+		{"unknown cluster key", "cluster:\n  nats_uri: nats://a:1\n", "cluster.nats_uri"},
+		{"unknown embedded key", "cluster:\n  embedded:\n    listen_addr: a:1\n", "cluster.embedded.listen_addr"},
+		{"nats_url without scheme", "cluster:\n  nats_url: 127.0.0.1:4222\n", "cluster.nats_url"},
+		{"nats_url with another scheme", "cluster:\n  nats_url: http://127.0.0.1:4222\n", "cluster.nats_url"},
+		{"nats_url without port", "cluster:\n  nats_url: nats://127.0.0.1\n", "cluster.nats_url"},
+		{"nats_url with a bad second entry", "cluster:\n  nats_url: nats://a:1,b:2\n", "cluster.nats_url"},
+		{"nats_url with an empty entry", "cluster:\n  nats_url: nats://a:1,\n", "cluster.nats_url"},
+		{"nats_url with credentials", "cluster:\n  nats_url: nats://u:p@a:1\n", "cluster.nats_url"},
+		{"nats_url with a path", "cluster:\n  nats_url: nats://a:1/x\n", "cluster.nats_url"},
+		{"node_id with a space", "cluster:\n  node_id: node one\n", "cluster.node_id"},
+		{"node_id with a dot", "cluster:\n  node_id: a.b\n", "cluster.node_id"},
+		{"node_id too long", "cluster:\n  node_id: " + strings.Repeat("a", 65) + "\n", "cluster.node_id"},
+		{"empty subject_prefix", "cluster:\n  subject_prefix: \"\"\n", "cluster.subject_prefix"},
+		{"subject_prefix with a wildcard", "cluster:\n  subject_prefix: a.*\n", "cluster.subject_prefix"},
+		{"subject_prefix with an empty token", "cluster:\n  subject_prefix: a..b\n", "cluster.subject_prefix"},
+		{"subject_prefix ending in a dot", "cluster:\n  subject_prefix: a.\n", "cluster.subject_prefix"},
+		{"subject_prefix with a space", "cluster:\n  subject_prefix: a b\n", "cluster.subject_prefix"},
+		{"subject_prefix too long", "cluster:\n  subject_prefix: " + strings.Repeat("a", 129) + "\n", "cluster.subject_prefix"},
+		{"user without nats_url", "cluster:\n  user: u\n  password: p\n", "cluster.password"},
+		{"token without nats_url", "cluster:\n  token: t\n", "cluster.token"},
+		{"tls without nats_url", "cluster:\n  tls: { ca_file: " + existing + " }\n", "cluster.tls.ca_file"},
+		{"user without password", ext + "  user: u\n", "cluster.password"},
+		{"password without user", ext + "  password: p\n", "cluster.password"},
+		{"user and token", ext + "  user: u\n  password: p\n  token: t\n", "cluster.token"},
+		{"credentials and nkey", ext + "  credentials_file: " + existing + "\n  nkey_file: " + existing + "\n", "cluster.nkey_file"},
+		{"credentials and user", ext + "  credentials_file: " + existing + "\n  user: u\n  password: p\n", "cluster.user"},
+		{"credentials file missing", ext + "  credentials_file: " + missing + "\n", "cluster.credentials_file"},
+		{"nkey file missing", ext + "  nkey_file: " + missing + "\n", "cluster.nkey_file"},
+		{"tls ca file missing", ext + "  tls: { ca_file: " + missing + " }\n", "cluster.tls.ca_file"},
+		{"tls cert without key", ext + "  tls: { cert_file: " + existing + " }\n", "cluster.tls"},
+		{"tls cert file missing", ext + "  tls: { cert_file: " + missing + ", key_file: " + existing + " }\n", "cluster.tls.cert_file"},
+		{"tls key file missing", ext + "  tls: { cert_file: " + existing + ", key_file: " + missing + " }\n", "cluster.tls.key_file"},
+		{"embedded listen not host:port", "cluster:\n  embedded:\n    listen: localhost\n", "cluster.embedded.listen"},
+		{"embedded listen port out of range", "cluster:\n  embedded:\n    listen: 127.0.0.1:70000\n", "cluster.embedded.listen"},
+		{"embedded listen port not a number", "cluster:\n  embedded:\n    listen: 127.0.0.1:nats\n", "cluster.embedded.listen"},
+		{"cluster_listen without listen", "cluster:\n  embedded:\n    cluster_listen: 127.0.0.1:6222\n", "cluster.embedded.cluster_listen"},
+		{"embedded user without listen", "cluster:\n  embedded:\n    user: u\n    password: p\n", "cluster.embedded.user"},
+		{"embedded token without listen", "cluster:\n  embedded:\n    token: t\n", "cluster.embedded.token"},
+		{"cluster_listen not host:port", emb + "    cluster_listen: 6222\n", "cluster.embedded.cluster_listen"},
+		{"routes without cluster_listen", emb + "    routes: [nats://127.0.0.1:6222]\n", "cluster.embedded.routes"},
+		{"route without scheme", emb + "    cluster_listen: 127.0.0.1:6222\n    routes: [x]\n", "cluster.embedded.routes[0]"},
+		{"route with tls scheme", emb + "    cluster_listen: 127.0.0.1:6222\n    routes: [nats://a:1, tls://b:2]\n", "cluster.embedded.routes[1]"},
+		{"route with credentials", emb + "    cluster_listen: 127.0.0.1:6222\n    routes: [nats://u:p@a:1]\n", "cluster.embedded.routes[0]"},
+		{"route without port", emb + "    cluster_listen: 127.0.0.1:6222\n    routes: [nats://a]\n", "cluster.embedded.routes[0]"},
+		{"empty cluster_name", emb + "    cluster_name: \"\"\n", "cluster.embedded.cluster_name"},
+		{"cluster_name with a space", emb + "    cluster_name: my cluster\n", "cluster.embedded.cluster_name"},
+		{"embedded user without password", emb + "    user: u\n", "cluster.embedded.password"},
+		{"embedded password without user", emb + "    password: p\n", "cluster.embedded.password"},
+		{"embedded user and token", emb + "    user: u\n    password: p\n    token: t\n", "cluster.embedded.token"},
+		{"embedded on every interface without auth", "cluster:\n  embedded:\n    listen: 0.0.0.0:4222\n", "cluster.embedded.user"},
+		{"embedded on an empty host without auth", "cluster:\n  embedded:\n    listen: \":4222\"\n", "cluster.embedded.user"},
+		{"embedded on a LAN address without auth", "cluster:\n  embedded:\n    listen: 10.0.0.1:4222\n", "cluster.embedded.user"},
+		{"routes on every interface without user", emb + "    cluster_listen: 0.0.0.0:6222\n", "cluster.embedded.user"},
+		{"routes on every interface with only a token", emb + "    cluster_listen: 0.0.0.0:6222\n    token: t\n", "cluster.embedded.user"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeFile(t, tc.yaml), true, envOf(nil))
+			if err == nil {
+				t.Fatalf("Load accepted %q", tc.yaml)
+			}
+			if !strings.Contains(err.Error(), tc.key+":") {
+				t.Fatalf("error %q does not name %s", err, tc.key)
+			}
+			if strings.Count(err.Error(), "\n") > 0 {
+				t.Fatalf("error %q is not one line", err)
+			}
+		})
+	}
+}
+
+func TestClusterValuesAccepted(t *testing.T) {
+	existing := writeFile(t, "not a real key file")
+	for _, tc := range []struct{ name, yaml string }{
+		{"defaults: one node", ""},
+		{"external, no auth", "cluster:\n  nats_url: nats://127.0.0.1:4222\n"},
+		{"external, several URLs with spaces", "cluster:\n  nats_url: \"nats://a:4222, tls://b:4222 ,nats://[::1]:4222\"\n"},
+		{"external, user and password", "cluster:\n  nats_url: nats://a:4222\n  user: u\n  password: p\n"},
+		{"external, token", "cluster:\n  nats_url: nats://a:4222\n  token: t\n"},
+		{"external, credentials", "cluster:\n  nats_url: nats://a:4222\n  credentials_file: " + existing + "\n"},
+		{"external, nkey and TLS", "cluster:\n  nats_url: tls://a:4222\n  nkey_file: " + existing + "\n  tls: { ca_file: " + existing + ", cert_file: " + existing + ", key_file: " + existing + " }\n"},
+		{"node id and prefix", "cluster:\n  node_id: node-1_A\n  subject_prefix: tenant-1.signrelay_v1\n"},
+		{"embedded on loopback, no auth", "cluster:\n  embedded:\n    listen: 127.0.0.1:0\n"},
+		{"embedded on localhost with routes", "cluster:\n  embedded:\n    listen: localhost:4222\n    cluster_listen: \"[::1]:6222\"\n    routes: [nats://127.0.0.1:6223, nats://127.0.0.1:6224]\n"},
+		{"embedded public with a token, routes on loopback", "cluster:\n  embedded:\n    listen: 0.0.0.0:4222\n    token: t\n    cluster_listen: 127.0.0.1:6222\n"},
+		{"embedded public with user and password", "cluster:\n  embedded:\n    listen: 0.0.0.0:4222\n    cluster_listen: 0.0.0.0:6222\n    routes: [nats://10.0.0.2:6222]\n    cluster_name: prod\n    user: u\n    password: p\n"},
+		{"embedded and external together", "cluster:\n  nats_url: nats://127.0.0.1:4222\n  embedded:\n    listen: 127.0.0.1:4222\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Load(writeFile(t, tc.yaml), true, envOf(nil)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestClusterValues(t *testing.T) {
+	cfg, err := Load(writeFile(t, `
+cluster:
+  nats_url: "nats://a:4222, nats://b:4222"
+  node_id: n1
+  subject_prefix: x.y
+  user: u
+  password: p
+  embedded:
+    listen: 0.0.0.0:4222
+    cluster_listen: 0.0.0.0:6222
+    routes: [nats://10.0.0.2:6222, nats://10.0.0.3:6222]
+    cluster_name: prod
+    user: ru
+    password: rp
+`), true, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Cluster{
+		NATSURL: "nats://a:4222, nats://b:4222", NodeID: "n1", SubjectPrefix: "x.y", User: "u", Password: "p",
+		Embedded: Embedded{
+			Listen: "0.0.0.0:4222", ClusterListen: "0.0.0.0:6222",
+			Routes:      []string{"nats://10.0.0.2:6222", "nats://10.0.0.3:6222"},
+			ClusterName: "prod", User: "ru", Password: "rp",
+		},
+	}
+	if !reflect.DeepEqual(cfg.Cluster, want) {
+		t.Fatalf("cluster = %+v, want %+v", cfg.Cluster, want)
+	}
+	if got := cfg.Cluster.NATSURLs(); !reflect.DeepEqual(got, []string{"nats://a:4222", "nats://b:4222"}) {
+		t.Fatalf("NATSURLs() = %q", got)
+	}
+	if got := Default().Cluster.NATSURLs(); got != nil {
+		t.Fatalf("NATSURLs() of the default = %q, want nil", got)
+	}
+	if d := Default().Cluster; d.SubjectPrefix != "signrelay" || d.Embedded.ClusterName != "signrelay" || d.NATSURL != "" || d.Embedded.Listen != "" {
+		t.Fatalf("default cluster = %+v", d)
 	}
 }
