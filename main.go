@@ -15,8 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/signrelay/signrelay/cluster"
 	"github.com/signrelay/signrelay/config"
 	"github.com/signrelay/signrelay/httpapi"
+	"github.com/signrelay/signrelay/signing"
 )
 
 func main() {
@@ -56,7 +58,7 @@ func run() error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 
-	srv, err := httpapi.New(cfg, log)
+	srv, err := newServer(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -91,4 +93,39 @@ func run() error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newServer wires the parts: one node by default; with a cluster
+// configured, the NATS link, the bus between the nodes and the signing
+// service on top of them.
+func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
+	if !cluster.Enabled(cfg) {
+		return httpapi.New(cfg, log)
+	}
+	link, err := cluster.Open(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	reg := httpapi.NewRegistry(cfg)
+	bus := cluster.NewBus(link, reg, log)
+	svc := signing.New(reg, httpapi.ServiceOptions(cfg, log, bus))
+	if err := bus.Start(svc); err != nil {
+		_ = link.Close()
+		return nil, err
+	}
+	link.OnStateChange(func(ready bool) {
+		if ready {
+			bus.Resync()
+		}
+	})
+	log.Info("cluster node", "node", link.NodeID(), "nats", link.ClientURL())
+	return httpapi.NewWithParts(cfg, log, httpapi.Parts{
+		Registry: reg,
+		Service:  svc,
+		Ready:    link.Ready,
+		Close: func() {
+			bus.Close()
+			_ = link.Close()
+		},
+	})
 }

@@ -41,6 +41,7 @@ var signErrors = []struct {
 	{signing.ErrInvalidSignature, fiber.StatusBadGateway, codeInvalidSignature},
 	{signing.ErrShuttingDown, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrTooManyPending, fiber.StatusServiceUnavailable, codeUnavailable},
+	{signing.ErrClusterUnreachable, fiber.StatusServiceUnavailable, codeUnavailable},
 	// The backend closed its connection: no answer is written at all.
 	{signing.ErrRequesterGone, statusNoResponse, codeRequesterGone},
 }

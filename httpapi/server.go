@@ -58,7 +58,10 @@ type Server struct {
 	// (and their cancels) plus error frames.
 	queueLimit int
 
-	draining atomic.Bool
+	draining   atomic.Bool
+	ready      func() bool
+	closeParts func()
+	closeOnce  sync.Once
 
 	mu sync.Mutex
 	// guards the following fields
@@ -67,28 +70,69 @@ type Server struct {
 	connsDone chan struct{}            // closed when closing and conns is empty
 }
 
-// New builds a Server from a validated configuration.
+// Parts are what a Server serves with, built by the caller when the relay
+// is one node of several (main wires the cluster's bus into them). Zero
+// Parts are built by New for one node.
+type Parts struct {
+	Registry *registry.Registry
+	Service  *signing.Service
+	// Ready reports whether the node can reach the rest of the relay, for
+	// GET /readyz; nil means always (one node).
+	Ready func() bool
+	// Close runs after the server has stopped (the bus and its link).
+	Close func()
+}
+
+// NewRegistry is the registry a Server of cfg needs.
+func NewRegistry(cfg config.Config) *registry.Registry {
+	return registry.New(cfg.WebSocket.MaxConnectionsPerKey)
+}
+
+// ServiceOptions are the signing options cfg asks for, with bus joining a
+// cluster (nil for one node).
+func ServiceOptions(cfg config.Config, log *slog.Logger, bus signing.Bus) signing.Options {
+	return signing.Options{
+		DefaultTimeout:   cfg.Sign.DefaultTimeout.D(),
+		MaxTimeout:       cfg.Sign.MaxTimeout.D(),
+		MaxPendingPerKey: cfg.Sign.MaxPendingPerKey,
+		Budget: signing.Budget{
+			MaxPending:              cfg.Sign.MaxPending,
+			MaxPendingBytes:         cfg.Sign.MaxPendingBytes,
+			MaxPendingPerOwner:      cfg.Sign.MaxPendingPerAPIKey,
+			MaxPendingBytesPerOwner: cfg.Sign.MaxPendingBytesPerAPIKey,
+		},
+		Logger: log,
+		Bus:    bus,
+	}
+}
+
+// New builds a one-node Server from a validated configuration.
 func New(cfg config.Config, log *slog.Logger) (*Server, error) {
+	return NewWithParts(cfg, log, Parts{})
+}
+
+// NewWithParts builds a Server that serves with parts; the parts left zero
+// are built as for one node.
+func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	reg := registry.New(cfg.WebSocket.MaxConnectionsPerKey)
+	if parts.Registry == nil {
+		parts.Registry = NewRegistry(cfg)
+	}
+	if parts.Service == nil {
+		parts.Service = signing.New(parts.Registry, ServiceOptions(cfg, log, nil))
+	}
+	if parts.Ready == nil {
+		parts.Ready = func() bool { return true }
+	}
 	s := &Server{
-		cfg: cfg,
-		log: log,
-		reg: reg,
-		svc: signing.New(reg, signing.Options{
-			DefaultTimeout:   cfg.Sign.DefaultTimeout.D(),
-			MaxTimeout:       cfg.Sign.MaxTimeout.D(),
-			MaxPendingPerKey: cfg.Sign.MaxPendingPerKey,
-			Budget: signing.Budget{
-				MaxPending:              cfg.Sign.MaxPending,
-				MaxPendingBytes:         cfg.Sign.MaxPendingBytes,
-				MaxPendingPerOwner:      cfg.Sign.MaxPendingPerAPIKey,
-				MaxPendingBytesPerOwner: cfg.Sign.MaxPendingBytesPerAPIKey,
-			},
-			Logger: log,
-		}),
+		cfg:          cfg,
+		log:          log,
+		reg:          parts.Registry,
+		svc:          parts.Service,
+		ready:        parts.Ready,
+		closeParts:   parts.Close,
 		unintroduced: newUnintroducedCounter(cfg.WebSocket.MaxUnintroduced, cfg.WebSocket.MaxUnintroducedPerIP),
 		conns:        make(map[*holderConn]struct{}),
 		connsDone:    make(chan struct{}),
@@ -142,6 +186,8 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		s.log.Error("panic in handler", "path", c.Path(), "panic", e, "stack", string(debug.Stack()))
 	}}))
 	s.app.Get("/healthz", s.handleHealth)
+	s.app.Get("/livez", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	s.app.Get("/readyz", s.handleReady)
 	s.app.Post("/sign", s.handleSign)
 	s.app.All("/sign", func(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderAllow, fiber.MethodPost)
@@ -210,6 +256,18 @@ func (s *Server) OpenConnections() int {
 	return 0
 }
 
+// handleReady says whether this node should get traffic: not while it
+// shuts down, and not while it cannot reach the rest of the relay.
+func (s *Server) handleReady(c *fiber.Ctx) error {
+	switch {
+	case s.draining.Load():
+		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "the relay is shutting down", "")
+	case !s.ready():
+		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "this node cannot reach the rest of the relay (NATS)", "")
+	}
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
 func (s *Server) handleHealth(c *fiber.Ctx) error {
 	if s.draining.Load() {
 		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down"})
@@ -252,6 +310,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.app.ShutdownWithContext(ctx)
 	if l := s.listener.Load(); l != nil {
 		l.waitLingering(ctx.Done())
+	}
+	if s.closeParts != nil {
+		s.closeOnce.Do(s.closeParts)
 	}
 	return err
 }

@@ -18,6 +18,9 @@ var (
 	ErrShuttingDown = errors.New("the relay is shutting down")
 	// ErrTooManyPending: the key already has the configured maximum of pending requests.
 	ErrTooManyPending = errors.New("too many requests are pending for that key")
+	// ErrClusterUnreachable: no local connection holds the key and the
+	// other nodes cannot be reached, so whether one of them does is unknown.
+	ErrClusterUnreachable = errors.New("this node cannot reach the rest of the relay, and holds no connection of that key")
 	// ErrRequesterGone: the caller cancelled its context (the backend went away).
 	ErrRequesterGone = errors.New("the requester went away")
 )

@@ -31,6 +31,45 @@ type Directory interface {
 	Holders(k protocol.PublicKey) []registry.Holder
 }
 
+// Bus joins a node's service to the other nodes of a cluster: requests made
+// here reach the connections of their key on every node, and answers come
+// back. The service calls it outside its locks. A nil Bus is one node.
+//
+// Connections on other nodes appear to the service as Holders whose Send
+// does nothing: what they are sent travels as bus messages (Offer, End).
+type Bus interface {
+	// Ready reports whether the other nodes can be reached now.
+	Ready() bool
+	// Offer tells the nodes that hold o.Key about a request made here. They
+	// deliver it to their connections of the key and report them with
+	// AddRemote; with o.Probe, the bus reports NotHeld when no node holds
+	// the key. It must not block.
+	Offer(o Offer)
+	// End tells the nodes that received a request made here that it ended:
+	// they send sign_cancel with reason (none when "") to their recipients
+	// but except.
+	End(id string, key protocol.PublicKey, reason string, except registry.Holder)
+	// Attached and Detached report local connections coming and going.
+	Attached(h registry.Holder)
+	Detached(h registry.Holder)
+	// Respond and Reject handle answers of local connections to requests
+	// made on other nodes, and return the error frame for the connection.
+	Respond(h registry.Holder, f *protocol.SignResponse) *protocol.FrameError
+	Reject(h registry.Holder, f *protocol.SignReject) *protocol.FrameError
+}
+
+// Offer is a request made on this node as the bus carries it.
+type Offer struct {
+	ID      string
+	Key     protocol.PublicKey
+	Frame   []byte // the sign_request frame, byte for byte what holders get
+	Message []byte
+	Expires time.Time
+	// Probe is set when no local connection holds the key: the request is
+	// not connected (404) unless another node holds it.
+	Probe bool
+}
+
 // Options configures a Service. Zero fields take the defaults named.
 type Options struct {
 	// DefaultTimeout applies when a request names none. Default 60s.
@@ -44,6 +83,8 @@ type Options struct {
 	Budget Budget
 	// Logger receives events; the default discards them.
 	Logger *slog.Logger
+	// Bus joins the service to a cluster; nil for one node.
+	Bus Bus
 }
 
 func (o *Options) setDefaults() {
@@ -94,6 +135,7 @@ const shardCount = 64
 // of them is ever taken while another shard's mu is held.
 type Service struct {
 	dir    Directory
+	bus    Bus // nil on one node
 	opts   Options
 	log    *slog.Logger
 	budget *budget
@@ -145,12 +187,17 @@ type pending struct {
 	finished   bool
 	endReason  string   // the sign_cancel reason it ended with, once finished
 	prev, next *pending // the key's list
+
+	// probe is set for a request offered to the bus with no local holder:
+	// it carries whether another node holds the key (first news wins).
+	probe   chan bool
+	expires time.Time
 }
 
 // New returns a Service that finds key holders in dir.
 func New(dir Directory, opts Options) *Service {
 	opts.setDefaults()
-	s := &Service{dir: dir, opts: opts, log: opts.Logger, budget: newBudget(opts.Budget), drained: make(chan struct{}, 1)}
+	s := &Service{dir: dir, bus: opts.Bus, opts: opts, log: opts.Logger, budget: newBudget(opts.Budget), drained: make(chan struct{}, 1)}
 	for i := range s.shards {
 		s.shards[i].byKey = make(map[protocol.PublicKey]*keyPending)
 		s.shards[i].byID = make(map[uuid.UUID]*pending)
@@ -192,7 +239,7 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 
 	p := &pending{
 		id: id, idStr: id.String(), key: req.Key, owner: req.Owner, message: req.Message,
-		done: make(chan outcome, 1),
+		done: make(chan outcome, 1), expires: expires,
 	}
 	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, expires)
 
@@ -203,9 +250,16 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 		return nil, ErrShuttingDown
 	}
 	holders := s.dir.Holders(req.Key)
-	if len(holders) == 0 {
+	probe := len(holders) == 0 && s.bus != nil
+	switch {
+	case len(holders) > 0:
+	case s.bus == nil:
 		sh.mu.Unlock()
 		return nil, ErrNotConnected
+	case !s.bus.Ready():
+		// Another node may hold the key; this one cannot know.
+		sh.mu.Unlock()
+		return nil, ErrClusterUnreachable
 	}
 	kp := sh.byKey[req.Key]
 	if kp != nil && kp.n >= s.opts.MaxPendingPerKey {
@@ -226,11 +280,28 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 	for _, h := range holders {
 		p.recipients[h] = struct{}{}
 	}
+	if probe {
+		p.probe = make(chan bool, 1)
+	}
 	s.pending.Add(1)
 	sh.mu.Unlock()
 
 	for _, h := range holders {
 		h.Send(p.frame)
+	}
+	if s.bus != nil {
+		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Message: p.message, Expires: expires, Probe: probe})
+	}
+	if probe {
+		select {
+		case held := <-p.probe:
+			if !held && s.notHeld(p) {
+				return (<-p.done).result(p)
+			}
+		case o := <-p.done:
+			return o.result(p)
+		case <-ctx.Done():
+		}
 	}
 
 	select {
@@ -323,7 +394,21 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 			h.Send(cancel)
 		}
 	}
+	if s.bus != nil {
+		s.bus.End(p.idStr, p.key, reason, except)
+	}
 	return true
+}
+
+// notHeld ends a probing request with ErrNotConnected when it still has no
+// recipient (a local connection may have been introduced meanwhile), and
+// reports whether it did.
+func (s *Service) notHeld(p *pending) bool {
+	sh := s.shardOf(p.key)
+	sh.mu.Lock()
+	empty := len(p.recipients) == 0
+	sh.mu.Unlock()
+	return empty && s.finish(p, outcome{err: ErrNotConnected}, "", nil)
 }
 
 // lookupLocked finds the request id pending for h, or nil.
@@ -375,6 +460,9 @@ func (s *Service) pendingFor(h registry.Holder, requestID string) (*pending, *pr
 func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol.FrameError {
 	p, ferr := s.pendingFor(h, f.RequestID)
 	if ferr != nil {
+		if s.bus != nil && !IsRemote(h) {
+			return s.bus.Respond(h, f)
+		}
 		return ferr
 	}
 	sh := s.shardOf(h.Key())
@@ -413,6 +501,9 @@ func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol
 func (s *Service) Reject(h registry.Holder, f *protocol.SignReject) *protocol.FrameError {
 	p, ferr := s.pendingFor(h, f.RequestID)
 	if ferr != nil {
+		if s.bus != nil && !IsRemote(h) {
+			return s.bus.Reject(h, f)
+		}
 		return ferr
 	}
 	s.finish(p, outcome{err: &RejectedError{Reason: f.Reason}}, protocol.CancelAnsweredElsewhere, h)
@@ -440,6 +531,9 @@ func (s *Service) Attach(h registry.Holder) error {
 		}
 	}
 	sh.mu.Unlock()
+	if s.bus != nil {
+		s.bus.Attached(h)
+	}
 	if len(handed) == 0 {
 		return nil
 	}
@@ -474,6 +568,16 @@ func (s *Service) Detach(h registry.Holder) {
 		sh.mu.Unlock()
 		return
 	}
+	s.forgetLocked(sh, h)
+	if s.bus != nil {
+		s.bus.Detached(h)
+	}
+}
+
+// forgetLocked removes h from the requests of its key, then ends those
+// that no connection is left to answer (every one left answered
+// invalidly). It is called with sh.mu held and releases it.
+func (s *Service) forgetLocked(sh *shard, h registry.Holder) {
 	var exhausted []*pending
 	if kp := sh.byKey[h.Key()]; kp != nil {
 		for p := kp.head; p != nil; p = p.next {

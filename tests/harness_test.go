@@ -47,6 +47,11 @@ type relay struct {
 // mutate, and shuts it down when the test ends.
 func startRelay(t *testing.T, mutate func(*config.Config)) *relay {
 	t.Helper()
+	return startRelayWith(t, mutate, httpapi.New)
+}
+
+// testConfig is the configuration every test relay starts from.
+func testConfig(mutate func(*config.Config)) config.Config {
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.APIKeys = []string{testAPIKey}
@@ -55,14 +60,25 @@ func startRelay(t *testing.T, mutate func(*config.Config)) *relay {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	return cfg
+}
+
+func testLogger() *slog.Logger {
 	var logOut io.Writer = io.Discard
 	if os.Getenv("SIGNRELAY_TEST_LOG") != "" {
 		logOut = os.Stderr
 	}
-	srv, err := httpapi.New(cfg, slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	return slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// startRelayWith runs a relay built by build (httpapi.New for one node).
+func startRelayWith(t *testing.T, mutate func(*config.Config), build func(config.Config, *slog.Logger) (*httpapi.Server, error)) *relay {
+	t.Helper()
+	cfg := testConfig(mutate)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := build(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
