@@ -64,6 +64,13 @@ type Link struct {
 	closeErr  error
 	drainErr  atomic.Pointer[error]
 
+	// An embedded server routed to others is only useful while at least
+	// one route is up: without, this node is cut off from the relay.
+	needRoutes bool
+	routesUp   atomic.Bool
+	stopWatch  chan struct{}
+	watchDone  chan struct{}
+
 	mu    sync.Mutex
 	last  bool // readiness last reported to fns
 	fns   []func(ready bool)
@@ -159,6 +166,12 @@ func Open(cfg config.Config, log *slog.Logger) (*Link, error) {
 	}
 	l.conn = conn
 	l.setURL(conn.ConnectedUrlRedacted())
+	if l.srv != nil && cfg.Cluster.NATSURL == "" && routesToOthers(cfg.Cluster.Embedded) {
+		l.needRoutes = true
+		l.routesUp.Store(l.srv.NumRoutes() > 0)
+		l.stopWatch, l.watchDone = make(chan struct{}), make(chan struct{})
+		go l.watchRoutes()
+	}
 	l.log.Info("connected to NATS", "url", conn.ConnectedUrlRedacted(), "server", conn.ConnectedServerName(),
 		"max_payload", conn.MaxPayload(), "subject_prefix", l.prefix)
 	return l, nil
@@ -337,9 +350,51 @@ func (l *Link) NodeID() string { return l.nodeID }
 func (l *Link) Prefix() string { return l.prefix }
 
 // Ready reports whether the link is connected now (false while
-// reconnecting, draining or closed): a node that is not ready cannot know
-// what other nodes hold.
-func (l *Link) Ready() bool { return l.conn != nil && l.conn.IsConnected() }
+// reconnecting, draining or closed, and, for an embedded server routed to
+// others, while no route is up): a node that is not ready cannot know what
+// other nodes hold.
+func (l *Link) Ready() bool {
+	return l.conn != nil && l.conn.IsConnected() && (!l.needRoutes || l.srv.NumRoutes() > 0)
+}
+
+// routeWatch is how often an embedded server's routes are looked at.
+const routeWatch = 250 * time.Millisecond
+
+// watchRoutes follows whether the embedded server has a route up, and
+// reports the readiness that follows when it changes (Ready itself looks
+// at the routes when asked).
+func (l *Link) watchRoutes() {
+	defer close(l.watchDone)
+	t := time.NewTicker(routeWatch)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopWatch:
+			return
+		case <-t.C:
+		}
+		up := l.srv.NumRoutes() > 0
+		if l.routesUp.Swap(up) != up {
+			if up {
+				l.log.Info("NATS routes up")
+			} else {
+				l.log.Warn("no NATS route is up: this node is cut off from the others")
+			}
+			l.notify(l.Ready())
+		}
+	}
+}
+
+// routesToOthers reports whether e routes to a server other than itself
+// (every node may carry the same list, its own address included).
+func routesToOthers(e config.Embedded) bool {
+	for _, r := range e.Routes {
+		if !strings.HasSuffix(r, "://"+e.ClusterListen) && !strings.HasSuffix(r, "@"+e.ClusterListen) {
+			return true
+		}
+	}
+	return false
+}
 
 // OnStateChange registers f, called with the new readiness whenever it
 // changes (false on a disconnect or close, true on a reconnect). Calls come
@@ -363,6 +418,10 @@ func (l *Link) ClientURL() string { return l.clientURL }
 func (l *Link) Close() error {
 	l.closeOnce.Do(func() {
 		l.closing.Store(true)
+		if l.stopWatch != nil {
+			close(l.stopWatch)
+			<-l.watchDone
+		}
 		if l.conn != nil {
 			err := l.conn.Drain()
 			if err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/signrelay/signrelay/cluster"
@@ -315,15 +316,106 @@ func TestClusterHolderNodeShutdown(t *testing.T) {
 	verifyResult(t, awaitResp(t, res), ed25519.PublicKey(h.pub), msg)
 }
 
-// §A.8 and /readyz: a node serves readiness while its link is up.
-func TestClusterReadyz(t *testing.T) {
-	n := startCluster(t, 2, nil)
-	res, err := n[0].client.Get(n[0].base + "/readyz")
+func (r *relay) readyz(t *testing.T) int {
+	t.Helper()
+	res, err := r.client.Get(r.base + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("/readyz %d", res.StatusCode)
+	return res.StatusCode
+}
+
+// §A.8: a node cut off from the others (its embedded server has no route
+// left) says so on /readyz and answers 503, not 404, for a key it does not
+// hold itself; a key it holds still works.
+func TestClusterCutOffNode(t *testing.T) {
+	n := startCluster(t, 2, nil)
+	if got := n[0].readyz(t); got != http.StatusOK {
+		t.Fatalf("/readyz %d while connected", got)
 	}
+	local := n[0].connect(t, nil)
+	n[1].shutdown()
+	deadline := time.Now().Add(wait)
+	for n[0].readyz(t) != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 with no route to the other node")
+		}
+	}
+	pub, _ := newKey(t)
+	expectError(t, n[0].post(signBody(pub, []byte("x"), nil)), http.StatusServiceUnavailable, "unavailable")
+	res := n[0].signAsync(signBody(local.pub, []byte("local"), nil))
+	local.approve(local.expect(protocol.TypeSignRequest))
+	verifyResult(t, awaitResp(t, res), local.pub, []byte("local"))
+}
+
+// natsServer runs a standalone NATS server on port, as an operator's
+// external server would be.
+func natsServer(t *testing.T, port int) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true, MaxPayload: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(wait) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// External NATS: the server restarts under a pending request. Both nodes
+// reconnect and resync; the request is answered across them, and new
+// requests work. While the server is down, a node answers 503 (not 404)
+// for keys it does not hold.
+func TestClusterExternalNATSRestart(t *testing.T) {
+	port := freePort(t)
+	ns := natsServer(t, port)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	var n [2]*node
+	for i := range n {
+		nd := &node{}
+		nd.relay = startRelayWith(t, func(c *config.Config) {
+			c.Cluster.NATSURL = url
+			c.Cluster.NodeID = fmt.Sprintf("ext%d", i)
+		}, func(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
+			srv, link, err := buildNode(cfg, log)
+			nd.link = link
+			return srv, err
+		})
+		n[i] = nd
+	}
+	waitMesh(t, n[:])
+	h := n[1].connect(t, nil)
+	msg := []byte("across a NATS restart")
+	res := n[0].signAsync(signBody(h.pub, msg, nil))
+	req := h.expect(protocol.TypeSignRequest)
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	deadline := time.Now().Add(wait)
+	for n[0].readyz(t) != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 with NATS down")
+		}
+	}
+	pub, _ := newKey(t)
+	expectError(t, n[0].post(signBody(pub, []byte("x"), nil)), http.StatusServiceUnavailable, "unavailable")
+
+	natsServer(t, port)
+	for _, nd := range n {
+		deadline := time.Now().Add(wait)
+		for nd.readyz(t) != http.StatusOK {
+			if time.Now().After(deadline) {
+				t.Fatal("/readyz not back after NATS came back")
+			}
+		}
+	}
+	waitMesh(t, n[:])
+	h.approve(req)
+	verifyResult(t, awaitResp(t, res), h.pub, msg)
+	res = n[0].signAsync(signBody(h.pub, []byte("after"), nil))
+	h.approve(h.expect(protocol.TypeSignRequest))
+	verifyResult(t, awaitResp(t, res), h.pub, []byte("after"))
 }
