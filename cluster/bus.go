@@ -31,6 +31,13 @@ const (
 	ownerCheck  = time.Second
 	holderCheck = 2 * time.Second
 	pingTimeout = time.Second
+	// A node is taken for gone after this many checks in a row got "no
+	// responders": after a NATS restart the nodes come back one by one,
+	// and one that is a moment late is not dead. An owner's holders hear
+	// requester_gone within ownerMisses × holderCheck (+ a ping) of its
+	// death.
+	ownerMisses     = 2
+	recipientMisses = 3
 	// helloAgain repeats an attach announcement, for owners that had not
 	// yet learned of this node's interest when it was first sent.
 	helloAgain = 50 * time.Millisecond
@@ -55,21 +62,29 @@ const (
 // envelope is every message of the bus, as JSON. Keys travel whole; the
 // subjects carry only their hash.
 type envelope struct {
-	T        string            `json:"t"`
-	ID       string            `json:"id,omitempty"`
-	Key      []byte            `json:"key,omitempty"`
-	Node     string            `json:"node,omitempty"` // the sender
-	Session  string            `json:"session,omitempty"`
-	Sessions []string          `json:"sessions,omitempty"`
-	Frame    json.RawMessage   `json:"frame,omitempty"`
-	Message  []byte            `json:"msg,omitempty"`
-	Sig      []byte            `json:"sig,omitempty"`
-	Reason   string            `json:"reason,omitempty"`
-	Expires  int64             `json:"exp,omitempty"` // unix milliseconds
-	WinNode  string            `json:"win_node,omitempty"`
-	WinSess  string            `json:"win_session,omitempty"`
-	IDs      []string          `json:"ids,omitempty"`
-	Ended    map[string]string `json:"ended,omitempty"`
+	T        string             `json:"t"`
+	ID       string             `json:"id,omitempty"`
+	Key      []byte             `json:"key,omitempty"`
+	Node     string             `json:"node,omitempty"` // the sender
+	Session  string             `json:"session,omitempty"`
+	Sessions []string           `json:"sessions,omitempty"`
+	Frame    json.RawMessage    `json:"frame,omitempty"`
+	Message  []byte             `json:"msg,omitempty"`
+	Sig      []byte             `json:"sig,omitempty"`
+	Reason   string             `json:"reason,omitempty"`
+	Expires  int64              `json:"exp,omitempty"` // unix milliseconds
+	WinNode  string             `json:"win_node,omitempty"`
+	WinSess  string             `json:"win_session,omitempty"`
+	IDs      []string           `json:"ids,omitempty"`
+	Ended    map[string]endInfo `json:"ended,omitempty"`
+}
+
+// endInfo is how a request ended, as a ping's answer tells it: the reason
+// for its recipients, and the winner, who must not hear it.
+type endInfo struct {
+	Reason  string `json:"reason"`
+	WinNode string `json:"win_node,omitempty"`
+	WinSess string `json:"win_session,omitempty"`
 }
 
 // remote is a connection on another node as the service sees it. It is a
@@ -130,6 +145,7 @@ type Bus struct {
 	ended    map[string]endNote             // owner side: ended ids and their reasons
 	nodes    map[string]map[remote]struct{} // owner side: remote recipients by node
 	probes   map[string]*probe              // owner side: requests asking whether any node holds their key
+	missed   map[string]int                 // nodes that met "no responders" in the last checks, and how often
 	closed   bool
 }
 
@@ -140,12 +156,12 @@ type probe struct {
 
 type waitSub struct {
 	sub *nats.Subscription
-	n   int // requests owned here pending for the key
+	ids map[string]struct{} // requests owned here offered for the key
 }
 
 type endNote struct {
-	reason string
-	until  time.Time
+	endInfo
+	until time.Time
 }
 
 // NewBus returns a bus on the link's connection for the connections in
@@ -169,6 +185,7 @@ func newBus(nc *nats.Conn, node, prefix string, ready func() bool, reg *registry
 		ended:    make(map[string]endNote),
 		nodes:    make(map[string]map[remote]struct{}),
 		probes:   make(map[string]*probe),
+		missed:   make(map[string]int),
 	}
 }
 
@@ -251,16 +268,21 @@ func (b *Bus) publish(subject, reply string, e *envelope) {
 // its key. Answers about it come back on this node's subject.
 func (b *Bus) Offer(o signing.Offer) {
 	b.mu.Lock()
+	if _, over := b.ended[o.ID]; over || b.closed {
+		// Answered by a local connection before it could be offered.
+		b.mu.Unlock()
+		return
+	}
 	w := b.waitSubs[o.Key]
 	if w == nil && !b.closed {
 		sub, err := b.nc.ChanSubscribe(b.waitSubject(o.Key), b.inbox)
 		if err == nil {
-			w = &waitSub{sub: sub}
+			w = &waitSub{sub: sub, ids: make(map[string]struct{})}
 			b.waitSubs[o.Key] = w
 		}
 	}
 	if w != nil {
-		w.n++
+		w.ids[o.ID] = struct{}{}
 	}
 	if o.Probe {
 		b.probes[o.ID] = &probe{offer: o}
@@ -286,10 +308,15 @@ func keyBytes(k protocol.PublicKey) []byte {
 func (b *Bus) End(id string, key protocol.PublicKey, reason string, except registry.Holder) {
 	b.mu.Lock()
 	delete(b.probes, id)
-	b.ended[id] = endNote{reason: reason, until: time.Now().Add(maxLife)}
+	note := endNote{endInfo: endInfo{Reason: reason}, until: time.Now().Add(maxLife)}
+	if r, ok := except.(remote); ok {
+		note.WinNode, note.WinSess = r.node, r.session
+	}
+	b.ended[id] = note
 	var unsub *nats.Subscription
 	if w := b.waitSubs[key]; w != nil {
-		if w.n--; w.n <= 0 {
+		delete(w.ids, id)
+		if len(w.ids) == 0 {
 			unsub = w.sub
 			delete(b.waitSubs, key)
 		}
@@ -334,7 +361,7 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		b.svc.RemoteAnswer(e.ID, r, e.Sig)
 	case msgReject:
 		r := remote{node: e.Node, session: e.Session, key: key}
-		b.svc.Reject(r, &protocol.SignReject{RequestID: e.ID, Reason: e.Reason})
+		b.svc.RemoteReject(e.ID, r, e.Reason)
 	case msgDetached:
 		r := remote{node: e.Node, session: e.Session, key: key}
 		b.mu.Lock()
@@ -366,19 +393,22 @@ func (b *Bus) attached(e envelope, key protocol.PublicKey) {
 	b.mu.Unlock()
 	for _, s := range e.Sessions {
 		if !b.svc.AddRemote(e.ID, remote{node: e.Node, session: s, key: key}) {
-			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgEnd, ID: e.ID, Key: e.Key, Node: b.node, Reason: b.endReason(e.ID)})
+			end := b.endOf(e.ID)
+			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgEnd, ID: e.ID, Key: e.Key, Node: b.node, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
 			return
 		}
 	}
 }
 
-func (b *Bus) endReason(id string) string {
+// endOf is how the request id made here ended, as far as this node still
+// remembers (an id it does not know ended long ago: timeout).
+func (b *Bus) endOf(id string) endInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if n, ok := b.ended[id]; ok {
-		return n.reason
+		return n.endInfo
 	}
-	return protocol.CancelTimeout
+	return endInfo{Reason: protocol.CancelTimeout}
 }
 
 // noResponders: no node listens on the key of a probing request. Interest
@@ -426,9 +456,9 @@ func (b *Bus) answerPing(m *nats.Msg) {
 				continue
 			}
 			if out.Ended == nil {
-				out.Ended = make(map[string]string)
+				out.Ended = make(map[string]endInfo)
 			}
-			out.Ended[id] = b.endReason(id)
+			out.Ended[id] = b.endOf(id)
 		}
 	}
 	data, _ := json.Marshal(&out)
@@ -726,7 +756,8 @@ func (b *Bus) checkRecipientNodes() {
 	}
 	b.mu.Unlock()
 	for _, n := range nodes {
-		if _, err := b.nc.Request(b.nodeSubject(n, "ping"), []byte(`{}`), pingTimeout); !errors.Is(err, nats.ErrNoResponders) {
+		_, err := b.nc.Request(b.nodeSubject(n, "ping"), []byte(`{}`), pingTimeout)
+		if !b.gone("recipients:"+n, err, recipientMisses) {
 			continue
 		}
 		b.mu.Lock()
@@ -738,6 +769,24 @@ func (b *Bus) checkRecipientNodes() {
 			b.svc.RemoveRemote(r)
 		}
 	}
+}
+
+// gone counts a check of a node: true once it has met "no responders"
+// (nobody listens on its subjects: its NATS connection is gone) misses
+// times in a row. Any other answer, even a timeout, resets the count.
+func (b *Bus) gone(what string, err error, misses int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !errors.Is(err, nats.ErrNoResponders) {
+		delete(b.missed, what)
+		return false
+	}
+	b.missed[what]++
+	if b.missed[what] < misses {
+		return false
+	}
+	delete(b.missed, what)
+	return true
 }
 
 // checkOwners: a node asks each owner of requests it holds which of them
@@ -765,7 +814,7 @@ func (b *Bus) checkOwners() {
 			req, _ := json.Marshal(&envelope{T: "ping", Node: b.node, Key: keyBytes(key), IDs: ids})
 			m, err := b.nc.Request(b.nodeSubject(owner, "ping"), req, pingTimeout)
 			switch {
-			case errors.Is(err, nats.ErrNoResponders):
+			case b.gone("owner:"+owner, err, ownerMisses):
 				b.log.Info("bus: owner gone; ending its requests", "gone", owner, "requests", len(ids))
 				for _, id := range ids {
 					b.endHeld(envelope{ID: id, Reason: protocol.CancelRequesterGone})
@@ -773,8 +822,8 @@ func (b *Bus) checkOwners() {
 			case err == nil:
 				var e envelope
 				if json.Unmarshal(m.Data, &e) == nil {
-					for id, reason := range e.Ended {
-						b.endHeld(envelope{ID: id, Reason: reason})
+					for id, end := range e.Ended {
+						b.endHeld(envelope{ID: id, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
 					}
 				}
 			}
@@ -814,6 +863,7 @@ func (b *Bus) expire() {
 // which connections have their requests.
 func (b *Bus) Resync() {
 	b.mu.Lock()
+	clear(b.missed) // the others are coming back too
 	keys := make([]protocol.PublicKey, 0, len(b.keySubs))
 	for k := range b.keySubs {
 		keys = append(keys, k)

@@ -52,14 +52,7 @@ func (s *Service) AddRemote(id string, h Remote) bool {
 // signature did not verify there); the signature is verified here again,
 // since only the owner decides.
 func (s *Service) RemoteAnswer(id string, h Remote, sig []byte) {
-	uid, err := uuid.Parse(id)
-	if err != nil {
-		return
-	}
-	sh := s.shardOf(h.Key())
-	sh.mu.Lock()
-	p := sh.lookupLocked(h, uid)
-	sh.mu.Unlock()
+	p := s.remoteRecipient(id, h)
 	if p == nil {
 		return
 	}
@@ -67,6 +60,37 @@ func (s *Service) RemoteAnswer(id string, h Remote, sig []byte) {
 		sig = []byte{}
 	}
 	s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
+}
+
+// RemoteReject handles a sign_reject that h, a connection on another node,
+// gave to the request id made here.
+func (s *Service) RemoteReject(id string, h Remote, reason string) {
+	if s.remoteRecipient(id, h) != nil {
+		s.Reject(h, &protocol.SignReject{RequestID: id, Reason: reason})
+	}
+}
+
+// remoteRecipient finds the pending request id that h may answer. Only a
+// node that was handed the request answers for one of its connections, so
+// one forgotten meanwhile (its node seemed gone for a moment, say during a
+// NATS restart) counts as a recipient again.
+func (s *Service) remoteRecipient(id string, h Remote) *pending {
+	uid, err := uuid.Parse(id)
+	if err != nil {
+		return nil
+	}
+	sh := s.shardOf(h.Key())
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p := sh.byID[uid]
+	if p == nil || p.key != h.Key() || p.finished {
+		return nil
+	}
+	if _, failed := p.failed[h]; failed {
+		return nil
+	}
+	p.recipients[h] = struct{}{}
+	return p
 }
 
 // RemoveRemote forgets h, a connection on another node that closed or
