@@ -109,6 +109,7 @@ type held struct {
 	expires    time.Time
 	recipients map[registry.Holder]struct{}
 	failed     map[registry.Holder]struct{}
+	sent       *envelope // a valid answer or a reject forwarded to the owner
 }
 
 // Bus is signing.Bus over NATS. The node that takes a POST /sign owns the
@@ -692,14 +693,16 @@ func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.Fra
 	default:
 		e.Sig = f.Signature
 	}
+	b.mu.Lock()
 	if ferr != nil {
-		b.mu.Lock()
 		if h.failed == nil {
 			h.failed = make(map[registry.Holder]struct{})
 		}
 		h.failed[c] = struct{}{}
-		b.mu.Unlock()
+	} else if h.sent == nil {
+		h.sent = e
 	}
+	b.mu.Unlock()
 	b.publish(b.nodeSubject(h.owner, "in"), "", e)
 	return ferr
 }
@@ -710,7 +713,13 @@ func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameE
 	if h == nil {
 		return unknownRequest(f.RequestID)
 	}
-	b.publish(b.nodeSubject(h.owner, "in"), "", &envelope{T: msgReject, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID(), Reason: f.Reason})
+	e := &envelope{T: msgReject, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID(), Reason: f.Reason}
+	b.mu.Lock()
+	if h.sent == nil {
+		h.sent = e
+	}
+	b.mu.Unlock()
+	b.publish(b.nodeSubject(h.owner, "in"), "", e)
 	return nil
 }
 
@@ -825,6 +834,22 @@ func (b *Bus) checkOwners() {
 					for id, end := range e.Ended {
 						b.endHeld(envelope{ID: id, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
 					}
+					// Still pending although answered here: the answer
+					// may have been lost; send it again.
+					var again []*envelope
+					b.mu.Lock()
+					for _, id := range ids {
+						if _, over := e.Ended[id]; over {
+							continue
+						}
+						if h := b.heldByID[id]; h != nil && h.sent != nil {
+							again = append(again, h.sent)
+						}
+					}
+					b.mu.Unlock()
+					for _, a := range again {
+						b.publish(b.nodeSubject(owner, "in"), "", a)
+					}
 				}
 			}
 		}
@@ -871,5 +896,16 @@ func (b *Bus) Resync() {
 	b.mu.Unlock()
 	for _, k := range keys {
 		b.publish(b.waitSubject(k), "", &envelope{T: msgHello, Key: keyBytes(k), Node: b.node})
+	}
+	b.mu.Lock()
+	owned := make([]protocol.PublicKey, 0, len(b.waitSubs))
+	for k := range b.waitSubs {
+		owned = append(owned, k)
+	}
+	b.mu.Unlock()
+	for _, k := range owned {
+		for _, o := range b.svc.PendingOffers(k) {
+			b.deliver(b.keySubject(k), o)
+		}
 	}
 }
