@@ -5,18 +5,34 @@
 GO        ?= go
 CHROMIUM  ?= /usr/bin/chromium
 FUZZTIME  ?= 8s
+# The external NATS server of tests/cluster (Debian's nats-server is too old).
+NATS_SERVER_VERSION ?= v2.15.3
 
-.PHONY: run test test-go test-browser fuzz bench-smoke bench bench-quick lint deps deps-go deps-browser
+.PHONY: run test test-go test-browser fuzz bench-smoke bench bench-quick lint deps deps-go deps-browser deps-nats cluster
 
 run:
 	$(GO) run .
 
+# Three relays with embedded NATS routed to each other on loopback, to try
+# a cluster (HTTP on 8081-8083); Ctrl-C stops them. See scripts/cluster.sh.
+cluster:
+	scripts/cluster.sh
+
 test: lint test-go fuzz bench-smoke test-browser
 
-deps: deps-go deps-browser
+deps: deps-go deps-browser deps-nats
 
 deps-go:
 	$(GO) mod download
+
+# nats-server for tests/cluster, built with go install into GOBIN (or
+# GOPATH/bin) unless that one is already NATS_SERVER_VERSION (~30 s).
+deps-nats:
+	@bin="$$($(GO) env GOBIN)"; [ -n "$$bin" ] || bin="$$($(GO) env GOPATH | cut -d: -f1)/bin"; \
+	if ! "$$bin/nats-server" --version 2>/dev/null | grep -qx 'nats-server: $(NATS_SERVER_VERSION)'; then \
+		echo "installing nats-server $(NATS_SERVER_VERSION) into $$bin (for tests/cluster)"; \
+		$(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION); \
+	fi
 
 deps-browser:
 	@test -d node_modules/playwright-core || npm ci --no-audit --no-fund
@@ -26,7 +42,7 @@ lint: deps-go
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './node_modules/*')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 
-test-go: deps-go
+test-go: deps-go deps-nats
 	$(GO) test -race -count=1 ./...
 
 # A short run of each fuzz target on top of the shipped seed corpus: the

@@ -1,0 +1,6 @@
+//go:build !race
+
+package clusterproc
+
+// raceEnabled: the tests run without -race, so the relay is built without it.
+const raceEnabled = false
