@@ -120,9 +120,10 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 	})
 	log.Info("cluster node", "node", link.NodeID(), "nats", link.ClientURL())
 	return httpapi.NewWithParts(cfg, log, httpapi.Parts{
-		Registry: reg,
-		Service:  svc,
-		Ready:    link.Ready,
+		Registry:  reg,
+		Service:   svc,
+		Ready:     link.Ready,
+		Clustered: true,
 		Close: func() {
 			bus.Close()
 			_ = link.Close()

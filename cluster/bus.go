@@ -43,9 +43,14 @@ const (
 	helloAgain = 50 * time.Millisecond
 	// inboxSize bounds the messages waiting for the key worker.
 	inboxSize = 65536
-	// maxLife is longer than any request lives (an asynchronous one at
-	// most 10 minutes): how long an ended id is remembered at the least.
-	maxLife = 11 * time.Minute
+	// maxLife is longer than any request lives (sign.max_timeout is at
+	// most 60 s): how long an ended id is remembered when its own deadline
+	// is not known.
+	maxLife = 70 * time.Second
+	// tombMargin keeps an ended id this long past its deadline.
+	tombMargin = 10 * time.Second
+	// checkers bounds the checks of other nodes that run at once.
+	checkers = 16
 )
 
 // Message types on the bus.
@@ -75,7 +80,7 @@ type envelope struct {
 	Expires  int64              `json:"exp,omitempty"` // unix milliseconds
 	WinNode  string             `json:"win_node,omitempty"`
 	WinSess  string             `json:"win_session,omitempty"`
-	IDs      []string           `json:"ids,omitempty"`
+	Refs     map[string][]byte  `json:"refs,omitempty"` // request id → key, in pings
 	Ended    map[string]endInfo `json:"ended,omitempty"`
 }
 
@@ -144,15 +149,20 @@ type Bus struct {
 	heldKeys map[protocol.PublicKey]map[string]*held
 	tombs    map[string]time.Time           // holder side: ended ids, until when kept
 	ended    map[string]endNote             // owner side: ended ids and their reasons
-	nodes    map[string]map[remote]struct{} // owner side: remote recipients by node
+	remotes  map[string]map[remote]struct{} // owner side: remote recipients by request id
+	nodeRefs map[string]int                 // owner side: how many of them each node has
 	probes   map[string]*probe              // owner side: requests asking whether any node holds their key
 	missed   map[string]int                 // nodes that met "no responders" in the last checks, and how often
 	closed   bool
+	// epoch counts the link's reconnects: a "no responders" for a probe
+	// of an earlier epoch says nothing (the others may not be back yet).
+	epoch int
 }
 
 type probe struct {
 	offer  signing.Offer
 	silent int // "no responders" answers seen
+	epoch  int // the link's epoch when it was offered
 }
 
 type waitSub struct {
@@ -184,7 +194,8 @@ func newBus(nc *nats.Conn, node, prefix string, ready func() bool, reg *registry
 		heldKeys: make(map[protocol.PublicKey]map[string]*held),
 		tombs:    make(map[string]time.Time),
 		ended:    make(map[string]endNote),
-		nodes:    make(map[string]map[remote]struct{}),
+		remotes:  make(map[string]map[remote]struct{}),
+		nodeRefs: make(map[string]int),
 		probes:   make(map[string]*probe),
 		missed:   make(map[string]int),
 	}
@@ -286,7 +297,7 @@ func (b *Bus) Offer(o signing.Offer) {
 		w.ids[o.ID] = struct{}{}
 	}
 	if o.Probe {
-		b.probes[o.ID] = &probe{offer: o}
+		b.probes[o.ID] = &probe{offer: o, epoch: b.epoch}
 	}
 	b.mu.Unlock()
 	b.deliver(b.keySubject(o.Key), o)
@@ -295,7 +306,7 @@ func (b *Bus) Offer(o signing.Offer) {
 func (b *Bus) deliver(subject string, o signing.Offer) {
 	b.publish(subject, b.nodeSubject(b.node, "r."+o.ID), &envelope{
 		T: msgDeliver, ID: o.ID, Key: keyBytes(o.Key), Node: b.node,
-		Frame: o.Frame, Message: o.Message, Expires: o.Expires.UnixMilli(),
+		Frame: o.Frame, Expires: o.Expires.UnixMilli(),
 	})
 }
 
@@ -307,13 +318,22 @@ func keyBytes(k protocol.PublicKey) []byte {
 // End implements signing.Bus: every node holding the key hears that the
 // request ended, and cancels it for its recipients but the winner.
 func (b *Bus) End(id string, key protocol.PublicKey, reason string, except registry.Holder) {
+	if reason == "" {
+		// Not connected anywhere (404): a node that was handed it late
+		// must still take its card down.
+		reason = protocol.CancelTimeout
+	}
 	b.mu.Lock()
 	delete(b.probes, id)
 	note := endNote{endInfo: endInfo{Reason: reason}, until: time.Now().Add(maxLife)}
 	if r, ok := except.(remote); ok {
 		note.WinNode, note.WinSess = r.node, r.session
 	}
-	b.ended[id] = note
+	if len(b.remotes[id]) > 0 {
+		// Only nodes that hold it ask about it later.
+		b.ended[id] = note
+	}
+	b.forgetRemotesLocked(id)
 	var unsub *nats.Subscription
 	if w := b.waitSubs[key]; w != nil {
 		delete(w.ids, id)
@@ -359,15 +379,20 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		b.attached(e, key)
 	case msgAnswer:
 		r := remote{node: e.Node, session: e.Session, key: key}
+		b.noteRemote(e.ID, r)
 		b.svc.RemoteAnswer(e.ID, r, e.Sig)
 	case msgReject:
 		r := remote{node: e.Node, session: e.Session, key: key}
+		b.noteRemote(e.ID, r)
 		b.svc.RemoteReject(e.ID, r, e.Reason)
 	case msgDetached:
 		r := remote{node: e.Node, session: e.Session, key: key}
 		b.mu.Lock()
-		if set := b.nodes[r.node]; set != nil {
-			delete(set, r)
+		if set := b.remotes[e.ID]; set != nil {
+			if _, ok := set[r]; ok {
+				delete(set, r)
+				b.dropNodeRefLocked(r.node)
+			}
 		}
 		b.mu.Unlock()
 		b.svc.RemoveRemote(r)
@@ -383,21 +408,48 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 func (b *Bus) attached(e envelope, key protocol.PublicKey) {
 	b.mu.Lock()
 	delete(b.probes, e.ID)
-	set := b.nodes[e.Node]
-	if set == nil {
-		set = make(map[remote]struct{})
-		b.nodes[e.Node] = set
-	}
-	for _, s := range e.Sessions {
-		set[remote{node: e.Node, session: s, key: key}] = struct{}{}
-	}
 	b.mu.Unlock()
 	for _, s := range e.Sessions {
-		if !b.svc.AddRemote(e.ID, remote{node: e.Node, session: s, key: key}) {
+		r := remote{node: e.Node, session: s, key: key}
+		if b.svc.AddRemote(e.ID, r) {
+			b.noteRemote(e.ID, r)
+		} else {
 			end := b.endOf(e.ID)
 			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgEnd, ID: e.ID, Key: e.Key, Node: b.node, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
 			return
 		}
+	}
+}
+
+// noteRemote records r as a recipient of the request id made here, for the
+// checks of its node.
+func (b *Bus) noteRemote(id string, r remote) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, over := b.ended[id]; over {
+		return
+	}
+	set := b.remotes[id]
+	if set == nil {
+		set = make(map[remote]struct{}, 1)
+		b.remotes[id] = set
+	}
+	if _, ok := set[r]; !ok {
+		set[r] = struct{}{}
+		b.nodeRefs[r.node]++
+	}
+}
+
+func (b *Bus) forgetRemotesLocked(id string) {
+	for r := range b.remotes[id] {
+		b.dropNodeRefLocked(r.node)
+	}
+	delete(b.remotes, id)
+}
+
+func (b *Bus) dropNodeRefLocked(node string) {
+	if b.nodeRefs[node]--; b.nodeRefs[node] <= 0 {
+		delete(b.nodeRefs, node)
 	}
 }
 
@@ -419,15 +471,26 @@ func (b *Bus) noResponders(id string) {
 	b.mu.Lock()
 	p := b.probes[id]
 	silent := 0
-	if p != nil {
+	if p != nil && p.epoch == b.epoch {
 		p.silent++
 		silent = p.silent
 	}
 	b.mu.Unlock()
 	switch {
 	case p == nil: // answered, or over
+	case silent == 0:
+		// Offered before the link last came back: the nodes that hold
+		// the key announce themselves as they return, and are handed it
+		// then; until then it waits, as for a key that went away.
 	case silent == 1:
-		time.AfterFunc(settle, func() { b.deliver(b.keySubject(p.offer.Key), p.offer) })
+		time.AfterFunc(settle, func() {
+			b.mu.Lock()
+			still := b.probes[id] == p
+			b.mu.Unlock()
+			if still {
+				b.deliver(b.keySubject(p.offer.Key), p.offer)
+			}
+		})
 	default:
 		b.mu.Lock()
 		delete(b.probes, id)
@@ -450,17 +513,15 @@ func (b *Bus) answerPing(m *nats.Msg) {
 	var e envelope
 	_ = json.Unmarshal(m.Data, &e)
 	out := envelope{T: "pong", Node: b.node}
-	if len(e.IDs) > 0 {
-		key, _ := protocol.PublicKeyFromBytes(e.Key)
-		for _, id := range e.IDs {
-			if b.svc.IsPending(id, key) {
-				continue
-			}
-			if out.Ended == nil {
-				out.Ended = make(map[string]endInfo)
-			}
-			out.Ended[id] = b.endOf(id)
+	for id, kb := range e.Refs {
+		key, err := protocol.PublicKeyFromBytes(kb)
+		if err != nil || b.svc.IsPending(id, key) {
+			continue
 		}
+		if out.Ended == nil {
+			out.Ended = make(map[string]endInfo)
+		}
+		out.Ended[id] = b.endOf(id)
 	}
 	data, _ := json.Marshal(&out)
 	_ = m.Respond(data)
@@ -501,8 +562,18 @@ func (b *Bus) keyWorker() {
 // here that do not have it yet, and tells the owner which have it now.
 func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 	local := b.reg.Holders(key)
-	if len(local) == 0 || e.Node == "" {
+	if len(local) == 0 || e.Node == "" || time.Now().After(time.UnixMilli(e.Expires)) {
 		return
+	}
+	if e.Message == nil {
+		// The message travels once, inside the frame.
+		var f struct {
+			Message protocol.Bytes `json:"message"`
+		}
+		if json.Unmarshal(e.Frame, &f) != nil || f.Message == nil {
+			return
+		}
+		e.Message = f.Message
 	}
 	b.mu.Lock()
 	if _, over := b.tombs[e.ID]; over || b.closed {
@@ -544,10 +615,20 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 // endHeld ends a request of another node here: its recipients but the
 // winner get sign_cancel, and its id is kept so that a late delivery
 // cannot bring it back.
-func (b *Bus) endHeld(e envelope) {
+func (b *Bus) endHeld(e envelope) { b.endHeldTomb(e, true) }
+
+// endHeldTomb is endHeld; without tomb the id may be delivered again (its
+// owner was only presumed gone, and a delivery from it proves otherwise).
+func (b *Bus) endHeldTomb(e envelope, tomb bool) {
 	b.mu.Lock()
 	h := b.forgetHeldLocked(e.ID)
-	b.tombs[e.ID] = time.Now().Add(maxLife)
+	if tomb {
+		until := time.Now().Add(maxLife)
+		if h != nil {
+			until = h.expires.Add(tombMargin)
+		}
+		b.tombs[e.ID] = until
+	}
 	b.mu.Unlock()
 	if h == nil || e.Reason == "" {
 		return
@@ -755,12 +836,8 @@ func (b *Bus) checkRecipientNodes() {
 		return
 	}
 	b.mu.Lock()
-	nodes := make([]string, 0, len(b.nodes))
-	for n, set := range b.nodes {
-		if len(set) == 0 {
-			delete(b.nodes, n)
-			continue
-		}
+	nodes := make([]string, 0, len(b.nodeRefs))
+	for n := range b.nodeRefs {
 		nodes = append(nodes, n)
 	}
 	b.mu.Unlock()
@@ -769,9 +846,20 @@ func (b *Bus) checkRecipientNodes() {
 		if !b.gone("recipients:"+n, err, recipientMisses) {
 			continue
 		}
+		set := make(map[remote]struct{})
 		b.mu.Lock()
-		set := b.nodes[n]
-		delete(b.nodes, n)
+		for id, rs := range b.remotes {
+			for r := range rs {
+				if r.node == n {
+					set[r] = struct{}{}
+					delete(rs, r)
+				}
+			}
+			if len(rs) == 0 {
+				delete(b.remotes, id)
+			}
+		}
+		delete(b.nodeRefs, n)
 		b.mu.Unlock()
 		b.log.Info("bus: node gone; forgetting its connections", "gone", n, "connections", len(set))
 		for r := range set {
@@ -805,53 +893,66 @@ func (b *Bus) checkOwners() {
 	if !b.ready() {
 		return
 	}
-	type ask struct {
-		key protocol.PublicKey
-		ids []string
-	}
-	byOwner := make(map[string]map[protocol.PublicKey][]string)
+	byOwner := make(map[string]map[string][]byte)
 	b.mu.Lock()
 	for _, h := range b.heldByID {
 		if byOwner[h.owner] == nil {
-			byOwner[h.owner] = make(map[protocol.PublicKey][]string)
+			byOwner[h.owner] = make(map[string][]byte)
 		}
-		byOwner[h.owner][h.key] = append(byOwner[h.owner][h.key], h.id)
+		byOwner[h.owner][h.id] = keyBytes(h.key)
 	}
 	b.mu.Unlock()
-	for owner, keys := range byOwner {
-		for key, ids := range keys {
-			req, _ := json.Marshal(&envelope{T: "ping", Node: b.node, Key: keyBytes(key), IDs: ids})
-			m, err := b.nc.Request(b.nodeSubject(owner, "ping"), req, pingTimeout)
-			switch {
-			case b.gone("owner:"+owner, err, ownerMisses):
-				b.log.Info("bus: owner gone; ending its requests", "gone", owner, "requests", len(ids))
-				for _, id := range ids {
-					b.endHeld(envelope{ID: id, Reason: protocol.CancelRequesterGone})
-				}
-			case err == nil:
-				var e envelope
-				if json.Unmarshal(m.Data, &e) == nil {
-					for id, end := range e.Ended {
-						b.endHeld(envelope{ID: id, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
-					}
-					// Still pending although answered here: the answer
-					// may have been lost; send it again.
-					var again []*envelope
-					b.mu.Lock()
-					for _, id := range ids {
-						if _, over := e.Ended[id]; over {
-							continue
-						}
-						if h := b.heldByID[id]; h != nil && h.sent != nil {
-							again = append(again, h.sent)
-						}
-					}
-					b.mu.Unlock()
-					for _, a := range again {
-						b.publish(b.nodeSubject(owner, "in"), "", a)
-					}
-				}
+	// One ping per owner a round, several at once: an owner that does not
+	// answer must not delay the checks of the others.
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, checkers)
+	for owner, refs := range byOwner {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			b.checkOwner(owner, refs)
+		}()
+	}
+	wg.Wait()
+}
+
+// checkOwner asks owner about the requests refs (id → key) held here.
+func (b *Bus) checkOwner(owner string, refs map[string][]byte) {
+	req, _ := json.Marshal(&envelope{T: "ping", Node: b.node, Refs: refs})
+	m, err := b.nc.Request(b.nodeSubject(owner, "ping"), req, pingTimeout)
+	switch {
+	case b.gone("owner:"+owner, err, ownerMisses):
+		b.log.Info("bus: owner gone; ending its requests", "gone", owner, "requests", len(refs))
+		for id := range refs {
+			// Presumed, not known: a delivery from the owner may still
+			// bring the request back here.
+			b.endHeldTomb(envelope{ID: id, Reason: protocol.CancelRequesterGone}, false)
+		}
+	case err == nil:
+		var e envelope
+		if json.Unmarshal(m.Data, &e) != nil {
+			return
+		}
+		for id, end := range e.Ended {
+			b.endHeld(envelope{ID: id, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
+		}
+		// Still pending although answered here: the answer may have
+		// been lost; send it again.
+		var again []*envelope
+		b.mu.Lock()
+		for id := range refs {
+			if _, over := e.Ended[id]; over {
+				continue
 			}
+			if h := b.heldByID[id]; h != nil && h.sent != nil {
+				again = append(again, h.sent)
+			}
+		}
+		b.mu.Unlock()
+		for _, a := range again {
+			b.publish(b.nodeSubject(owner, "in"), "", a)
 		}
 	}
 }
@@ -889,6 +990,7 @@ func (b *Bus) expire() {
 func (b *Bus) Resync() {
 	b.mu.Lock()
 	clear(b.missed) // the others are coming back too
+	b.epoch++
 	keys := make([]protocol.PublicKey, 0, len(b.keySubs))
 	for k := range b.keySubs {
 		keys = append(keys, k)

@@ -61,6 +61,7 @@ type Server struct {
 	draining   atomic.Bool
 	ready      func() bool
 	closeParts func()
+	clustered  bool
 	closeOnce  sync.Once
 
 	mu sync.Mutex
@@ -81,6 +82,8 @@ type Parts struct {
 	Ready func() bool
 	// Close runs after the server has stopped (the bus and its link).
 	Close func()
+	// Clustered says that other nodes may hold keys this one does not.
+	Clustered bool
 }
 
 // NewRegistry is the registry a Server of cfg needs.
@@ -133,6 +136,7 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		svc:          parts.Service,
 		ready:        parts.Ready,
 		closeParts:   parts.Close,
+		clustered:    parts.Clustered,
 		unintroduced: newUnintroducedCounter(cfg.WebSocket.MaxUnintroduced, cfg.WebSocket.MaxUnintroducedPerIP),
 		conns:        make(map[*holderConn]struct{}),
 		connsDone:    make(chan struct{}),

@@ -101,8 +101,10 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	c.Set("X-Request-Id", requestID)
 	// The bucket is one API key's for one public key, and only a request
 	// that reaches a holder takes from it: a 404 costs nothing, and one
-	// backend cannot use up another's bucket for a shared key.
-	if s.perPublicKey != nil && connected {
+	// backend cannot use up another's bucket for a shared key. On a
+	// cluster a key held on another node counts too (a 404 then costs a
+	// token: whether any node holds the key is known only later).
+	if s.perPublicKey != nil && (connected || s.clustered) {
 		if ok, retry := s.perPublicKey.allow(owner + "/" + string(body.PublicKey)); !ok {
 			s.log.Info("sign rate limited", "request_id", requestID, "key", key.ShortString())
 			return rateLimited(c, retry, "public key", requestID)

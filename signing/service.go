@@ -243,6 +243,8 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 	}
 	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, expires)
 
+	// Asked before the lock: the bus may take locks of its own.
+	busReady := s.bus != nil && s.bus.Ready()
 	sh := s.shardOf(req.Key)
 	sh.mu.Lock()
 	if s.closing.Load() {
@@ -256,7 +258,7 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 	case s.bus == nil:
 		sh.mu.Unlock()
 		return nil, ErrNotConnected
-	case !s.bus.Ready():
+	case !busReady:
 		// Another node may hold the key; this one cannot know.
 		sh.mu.Unlock()
 		return nil, ErrClusterUnreachable

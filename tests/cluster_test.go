@@ -98,7 +98,7 @@ func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.L
 		}
 	})
 	srv, err := httpapi.NewWithParts(cfg, log, httpapi.Parts{
-		Registry: reg, Service: svc, Ready: link.Ready,
+		Registry: reg, Service: svc, Ready: link.Ready, Clustered: true,
 		Close: func() { bus.Close(); _ = link.Close() },
 	})
 	return srv, link, err
@@ -418,4 +418,15 @@ func TestClusterExternalNATSRestart(t *testing.T) {
 	res = n[0].signAsync(signBody(h.pub, []byte("after"), nil))
 	h.approve(h.expect(protocol.TypeSignRequest))
 	verifyResult(t, awaitResp(t, res), h.pub, []byte("after"))
+}
+
+// The per-(API key, public key) rate limit holds when the key's holder is
+// on another node.
+func TestClusterPublicKeyRateLimit(t *testing.T) {
+	n := startCluster(t, 2, withLimits(ample, frozen(1), ample))
+	h := n[1].connect(t, nil)
+	res := n[0].signAsync(signBody(h.pub, []byte("first"), nil))
+	h.approve(h.expect(protocol.TypeSignRequest))
+	verifyResult(t, awaitResp(t, res), h.pub, []byte("first"))
+	expectError(t, n[0].post(signBody(h.pub, []byte("second"), nil)), http.StatusTooManyRequests, "rate_limited")
 }
