@@ -20,16 +20,18 @@ var verifyRounds, verifyPerRound = 5, 1000
 
 type loadOptions struct {
 	common
-	holders   int
-	backends  int
-	duration  time.Duration
-	warmup    time.Duration
-	rate      float64
-	msgBytes  int
-	timeout   time.Duration
-	client    string
-	checkSigs bool
-	idle      idleOptions // idle.n > 0: open idle connections first
+	holderAddr string    // host:port the key holders connect to (-holder-url; default addr)
+	pids       []procRef // more processes whose CPU time is reported (-pids)
+	holders    int
+	backends   int
+	duration   time.Duration
+	warmup     time.Duration
+	rate       float64
+	msgBytes   int
+	timeout    time.Duration
+	client     string
+	checkSigs  bool
+	idle       idleOptions // idle.n > 0: open idle connections first
 }
 
 // workerResult is what one backend goroutine measured.
@@ -56,6 +58,17 @@ func runLoad(o loadOptions) error {
 	fmt.Printf("== signrelay-bench load: %s, %d holders, %d backends, %s measured after %s warm-up, %d-byte messages, client %s\n",
 		mode, o.holders, o.backends, o.duration, o.warmup, o.msgBytes, o.client)
 	report("relay", "%s (pid %d)", o.addr, o.pid)
+	holderAddr := o.holderAddr
+	if holderAddr == "" {
+		holderAddr = o.addr
+	}
+	if holderAddr != o.addr {
+		report("key holders' relay", "%s (the key holders connect here; backends call the relay above)", holderAddr)
+	}
+	names := procNames(o.pids)
+	for i, p := range o.pids {
+		report("also measured", "%s (pid %d)", names[i], p.pid)
+	}
 	report("ed25519.Verify", "%s/op CPU in this process before the run (median of %d rounds of %d, 32-byte messages; fastest round %s)", us(verifyMedian), verifyRounds, verifyPerRound, us(verifyMin))
 	report("open-file limit", "%d", limit)
 
@@ -87,7 +100,7 @@ func runLoad(o loadOptions) error {
 		go func(h *holder) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := h.connect(d, o.addr, 10*time.Second); err != nil {
+			if err := h.connect(d, holderAddr, 10*time.Second); err != nil {
 				errs <- err
 			}
 		}(holders[i])
@@ -128,9 +141,9 @@ func runLoad(o loadOptions) error {
 	go func() {
 		defer close(sampled)
 		time.Sleep(time.Until(winStart))
-		before = sampleCPU(o.pid)
+		before = sampleCPU(o.pid, o.pids...)
 		time.Sleep(time.Until(winEnd))
-		after = sampleCPU(o.pid)
+		after = sampleCPU(o.pid, o.pids...)
 	}()
 
 	results := make([]*workerResult, o.backends)
@@ -218,6 +231,9 @@ func runLoad(o loadOptions) error {
 			report("machine CPU", "%.2f of %.0f cores busy: relay %.2f, generator %.2f, everything else %.2f",
 				busy.Seconds()/window.Seconds(), (after.total-before.total).Seconds()/window.Seconds(),
 				relay.Seconds()/window.Seconds(), self.Seconds()/window.Seconds(), (busy-relay-self).Seconds()/window.Seconds())
+			if len(o.pids) > 0 {
+				reportCluster(before, after, names, ok, window, relay, self)
+			}
 		}
 	}
 	report("holders", "sign_request %d, signed %d, sign_cancel %d, error frames %d, pings %d",
@@ -231,6 +247,10 @@ func runLoad(o loadOptions) error {
 	if ok > 0 && after.relay >= 0 && before.relay >= 0 {
 		per := (after.relay - before.relay) / time.Duration(ok)
 		report("relay CPU / Verify", "%.2f (relay CPU per request %s / ed25519.Verify %s)", float64(per)/float64(verifyMedian), us(per), us(verifyMedian))
+		if sum, ok2 := clusterCPU(before, after); ok2 && len(o.pids) > 0 {
+			per := sum / time.Duration(ok)
+			report("cluster CPU / Verify", "%.2f (cluster CPU per request %s / ed25519.Verify %s)", float64(per)/float64(verifyMedian), us(per), us(verifyMedian))
+		}
 	}
 	if idle != nil {
 		alive := idle.sweep()
@@ -241,10 +261,64 @@ func runLoad(o loadOptions) error {
 			report("relay VmRSS", "%d KiB", rss)
 		}
 	}
+	for i, p := range o.pids {
+		if rss, err := procStatusKB(p.pid, "VmRSS"); err == nil {
+			report(names[i]+" VmRSS", "%d KiB", rss)
+		}
+	}
 	if errorsInWindow > 0 || totalBad > 0 || dropped > 0 {
 		return errors.New("the run had errors")
 	}
 	return nil
+}
+
+// reportCluster prints, for a run with -pids, each extra process's CPU per
+// request, their sum with the relay's (-pid), and the machine's busy cores
+// split between the measured processes, the generator and everything else.
+// relay and self are the relay's and the generator's CPU over the window.
+func reportCluster(before, after cpuSample, names []string, ok int, window, relay, self time.Duration) {
+	sum, all := relay, true
+	parts := []string{"relay " + us(relay/time.Duration(ok))}
+	for i := range names {
+		b, a := before.extra[i], after.extra[i]
+		if b.cpu < 0 || a.cpu < 0 {
+			report(names[i]+" CPU", "unreadable (pid %d gone?)", a.pid)
+			parts = append(parts, names[i]+" ?")
+			all = false
+			continue
+		}
+		d := a.cpu - b.cpu
+		per := d / time.Duration(ok)
+		sys := (a.sys - b.sys) / time.Duration(ok)
+		report(names[i]+" CPU", "%s per request (user %s, kernel %s; %.2f cores busy)", us(per), us(per-sys), us(sys), d.Seconds()/window.Seconds())
+		parts = append(parts, names[i]+" "+us(per))
+		sum += d
+	}
+	partial := ""
+	if !all {
+		partial = ", some processes unreadable: a lower bound"
+	}
+	report("cluster CPU", "%s per request = %s (%.2f cores busy%s)", us(sum/time.Duration(ok)), strings.Join(parts, " + "), sum.Seconds()/window.Seconds(), partial)
+	busy := after.busy - before.busy
+	report("machine CPU, cluster", "%.2f of %.0f cores busy: measured processes %.2f, generator %.2f, everything else %.2f",
+		busy.Seconds()/window.Seconds(), (after.total-before.total).Seconds()/window.Seconds(),
+		sum.Seconds()/window.Seconds(), self.Seconds()/window.Seconds(), (busy-sum-self).Seconds()/window.Seconds())
+}
+
+// clusterCPU is the CPU time -pid and every -pids process used between two
+// samples; false if any of them could not be read.
+func clusterCPU(before, after cpuSample) (time.Duration, bool) {
+	if before.relay < 0 || after.relay < 0 {
+		return 0, false
+	}
+	sum := after.relay - before.relay
+	for i := range after.extra {
+		if before.extra[i].cpu < 0 || after.extra[i].cpu < 0 {
+			return 0, false
+		}
+		sum += after.extra[i].cpu - before.extra[i].cpu
+	}
+	return sum, true
 }
 
 func without200(m map[int]int) map[int]int {

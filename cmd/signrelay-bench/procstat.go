@@ -115,9 +115,16 @@ type cpuSample struct {
 	relay time.Duration // -1 when no pid was given or it could not be read
 	rsys  time.Duration // the relay's system (kernel) share of relay
 	self  time.Duration
+	extra []procTime // the -pids processes, in their order
 }
 
-func sampleCPU(pid int) cpuSample {
+// procTime is one process's CPU time in a sample.
+type procTime struct {
+	pid      int
+	cpu, sys time.Duration // cpu -1 when it could not be read
+}
+
+func sampleCPU(pid int, more ...procRef) cpuSample {
 	s := cpuSample{at: time.Now(), relay: -1, self: selfCPU()}
 	s.busy, s.total = machineCPU()
 	if pid > 0 {
@@ -125,7 +132,34 @@ func sampleCPU(pid int) cpuSample {
 			s.relay, s.rsys = u+sys, sys
 		}
 	}
+	for _, p := range more {
+		t := procTime{pid: p.pid, cpu: -1}
+		if u, sys, err := procUserSys(p.pid); err == nil {
+			t.cpu, t.sys = u+sys, sys
+		}
+		s.extra = append(s.extra, t)
+	}
 	return s
+}
+
+// procNames labels the -pids processes: the name given with NAME=PID, else
+// the process's command name (/proc/PID/comm) and its pid, so that two
+// processes of one binary stay apart.
+func procNames(ps []procRef) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		switch {
+		case p.name != "":
+			out[i] = p.name
+		default:
+			comm := "pid"
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.pid)); err == nil && len(bytes.TrimSpace(b)) > 0 {
+				comm = string(bytes.TrimSpace(b))
+			}
+			out[i] = fmt.Sprintf("%s/%d", comm, p.pid)
+		}
+	}
+	return out
 }
 
 // machineCPU returns the time all CPUs spent busy and in total, from the
