@@ -166,9 +166,15 @@ type probe struct {
 }
 
 type waitSub struct {
-	sub *nats.Subscription
-	ids map[string]struct{} // requests owned here offered for the key
+	sub  *nats.Subscription
+	ids  map[string]struct{} // requests owned here offered for the key
+	idle time.Time           // when ids last became empty
 }
+
+// waitLinger keeps a key's wait subscription this long after its last
+// request ended: a key asked often would otherwise subscribe and
+// unsubscribe (two messages for every server of the cluster) per request.
+const waitLinger = 30 * time.Second
 
 type endNote struct {
 	endInfo
@@ -329,23 +335,17 @@ func (b *Bus) End(id string, key protocol.PublicKey, reason string, except regis
 	if r, ok := except.(remote); ok {
 		note.WinNode, note.WinSess = r.node, r.session
 	}
-	if len(b.remotes[id]) > 0 {
-		// Only nodes that hold it ask about it later.
-		b.ended[id] = note
-	}
+	// Kept even with no remote recipient known: one's news may still be on
+	// its way, and is then answered with how the request really ended.
+	b.ended[id] = note
 	b.forgetRemotesLocked(id)
-	var unsub *nats.Subscription
 	if w := b.waitSubs[key]; w != nil {
 		delete(w.ids, id)
 		if len(w.ids) == 0 {
-			unsub = w.sub
-			delete(b.waitSubs, key)
+			w.idle = time.Now()
 		}
 	}
 	b.mu.Unlock()
-	if unsub != nil {
-		_ = unsub.Unsubscribe()
-	}
 	e := &envelope{T: msgEnd, ID: id, Key: keyBytes(key), Node: b.node, Reason: reason}
 	if r, ok := except.(remote); ok {
 		e.WinNode, e.WinSess = r.node, r.session
@@ -978,7 +978,17 @@ func (b *Bus) expire() {
 			delete(b.ended, id)
 		}
 	}
+	var unsubs []*nats.Subscription
+	for k, w := range b.waitSubs {
+		if len(w.ids) == 0 && now.Sub(w.idle) > waitLinger {
+			unsubs = append(unsubs, w.sub)
+			delete(b.waitSubs, k)
+		}
+	}
 	b.mu.Unlock()
+	for _, sub := range unsubs {
+		_ = sub.Unsubscribe()
+	}
 	for _, id := range late {
 		b.endHeld(envelope{ID: id, Reason: protocol.CancelTimeout})
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
+	"github.com/signrelay/signrelay/protocol"
 	"io"
 	"net/http/httptest"
 	"net/netip"
@@ -164,5 +165,23 @@ func TestKeyedLimiterIsBounded(t *testing.T) {
 	fast.allow("y")
 	if ok, _ := fast.allow("z"); ok {
 		t.Fatal("a full map was swept twice within a second")
+	}
+}
+
+// The set of checked keys stays within its size, oldest out first.
+func TestKeySetIsBounded(t *testing.T) {
+	s := newKeySet(2)
+	k := func(b byte) protocol.PublicKey {
+		raw := make([]byte, 32)
+		raw[0] = b
+		pk, _ := protocol.PublicKeyFromBytes(raw)
+		return pk
+	}
+	s.add(k(1))
+	s.add(k(2))
+	s.add(k(2))
+	s.add(k(3))
+	if s.has(k(1)) || !s.has(k(2)) || !s.has(k(3)) || len(s.in) != 2 {
+		t.Fatalf("set %v", s.in)
 	}
 }

@@ -48,6 +48,9 @@ type Server struct {
 	authFailures *keyedLimiter // per client IP
 
 	unintroduced *unintroducedCounter
+	// checkedKeys remembers keys that passed PublicKey.Check (about one
+	// signature verification each) for POST /sign on keys held elsewhere.
+	checkedKeys *keySet
 	// listener is the front door Serve wraps around its listener.
 	listener atomic.Pointer[limitListener]
 
@@ -137,6 +140,7 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		ready:        parts.Ready,
 		closeParts:   parts.Close,
 		clustered:    parts.Clustered,
+		checkedKeys:  newKeySet(checkedKeysSize),
 		unintroduced: newUnintroducedCounter(cfg.WebSocket.MaxUnintroduced, cfg.WebSocket.MaxUnintroducedPerIP),
 		conns:        make(map[*holderConn]struct{}),
 		connsDone:    make(chan struct{}),

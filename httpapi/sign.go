@@ -83,10 +83,11 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	// A connected key passed the same check at its introduction; the check
 	// costs about one signature verification, so only others pay it.
 	connected := s.reg.Count(key) > 0
-	if !connected {
+	if !connected && !s.checkedKeys.has(key) {
 		if err := key.Check(); err != nil {
 			return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, `"public_key": `+err.Error(), "")
 		}
+		s.checkedKeys.add(key)
 	}
 	if len(body.Message) > s.cfg.Sign.MaxMessageBytes {
 		return writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,

@@ -192,7 +192,13 @@ type pending struct {
 	// it carries whether another node holds the key (first news wins).
 	probe   chan bool
 	expires time.Time
+	created time.Time
 }
+
+// exhaustGrace: on a cluster, a request is not ended as answered invalidly
+// by all its recipients before it is this old, since the news of a
+// recipient on another node may still be on its way.
+const exhaustGrace = 200 * time.Millisecond
 
 // New returns a Service that finds key holders in dir.
 func New(dir Directory, opts Options) *Service {
@@ -239,7 +245,7 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 
 	p := &pending{
 		id: id, idStr: id.String(), key: req.Key, owner: req.Owner, message: req.Message,
-		done: make(chan outcome, 1), expires: expires,
+		done: make(chan outcome, 1), expires: expires, created: time.Now(),
 	}
 	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, expires)
 
@@ -493,7 +499,7 @@ func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol
 	}
 	sh.mu.Unlock()
 	if exhausted {
-		s.finish(p, outcome{err: ErrInvalidSignature}, protocol.CancelAnsweredElsewhere, h)
+		s.endExhausted(p, h)
 	}
 	return &protocol.FrameError{Code: protocol.CodeInvalidSignature, Message: what, RequestID: p.idStr}
 }
@@ -594,8 +600,27 @@ func (s *Service) forgetLocked(sh *shard, h registry.Holder) {
 	}
 	sh.mu.Unlock()
 	for _, p := range exhausted {
-		s.finish(p, outcome{err: ErrInvalidSignature}, protocol.CancelAnsweredElsewhere, nil)
+		s.endExhausted(p, nil)
 	}
+}
+
+// endExhausted ends p with ErrInvalidSignature: every recipient answered
+// invalidly. On a cluster it waits until p is exhaustGrace old and then
+// looks again, since a recipient on another node may not be known yet.
+func (s *Service) endExhausted(p *pending, except registry.Holder) {
+	if wait := time.Until(p.created.Add(exhaustGrace)); s.bus != nil && wait > 0 {
+		time.AfterFunc(wait, func() {
+			sh := s.shardOf(p.key)
+			sh.mu.Lock()
+			still := !p.finished && p.exhaustedLocked()
+			sh.mu.Unlock()
+			if still {
+				s.finish(p, outcome{err: ErrInvalidSignature}, protocol.CancelAnsweredElsewhere, except)
+			}
+		})
+		return
+	}
+	s.finish(p, outcome{err: ErrInvalidSignature}, protocol.CancelAnsweredElsewhere, except)
 }
 
 // Pending returns the number of requests in flight.
