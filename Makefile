@@ -8,7 +8,7 @@ FUZZTIME  ?= 8s
 # The external NATS server of tests/cluster (Debian's nats-server is too old).
 NATS_SERVER_VERSION ?= v2.15.3
 
-.PHONY: run test test-go test-browser fuzz bench-smoke bench bench-quick lint deps deps-go deps-browser deps-nats cluster
+.PHONY: run test test-go test-browser fuzz bench-smoke bench bench-quick lint deps deps-go deps-browser deps-nats cluster bench-cluster
 
 run:
 	$(GO) run .
@@ -70,3 +70,8 @@ bench: deps-go
 
 bench-quick: deps-go
 	scripts/bench.sh quick
+
+# Cross-node round trips (docs/benchmarks.md, "Cluster"): one relay against
+# two relays over external and embedded NATS (~2 min 15 s, loopback only).
+bench-cluster: deps-go deps-nats
+	scripts/bench-cluster.sh
