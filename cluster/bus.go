@@ -74,7 +74,6 @@ type envelope struct {
 	Session  string             `json:"session,omitempty"`
 	Sessions []string           `json:"sessions,omitempty"`
 	Frame    json.RawMessage    `json:"frame,omitempty"`
-	Message  []byte             `json:"msg,omitempty"`
 	Sig      []byte             `json:"sig,omitempty"`
 	Reason   string             `json:"reason,omitempty"`
 	Expires  int64              `json:"exp,omitempty"` // unix milliseconds
@@ -565,15 +564,12 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 	if len(local) == 0 || e.Node == "" || time.Now().After(time.UnixMilli(e.Expires)) {
 		return
 	}
-	if e.Message == nil {
-		// The message travels once, inside the frame.
-		var f struct {
-			Message protocol.Bytes `json:"message"`
-		}
-		if json.Unmarshal(e.Frame, &f) != nil || f.Message == nil {
-			return
-		}
-		e.Message = f.Message
+	// The message travels once, inside the frame.
+	var req struct {
+		Message protocol.Bytes `json:"message"`
+	}
+	if json.Unmarshal(e.Frame, &req) != nil || req.Message == nil {
+		return
 	}
 	b.mu.Lock()
 	if _, over := b.tombs[e.ID]; over || b.closed {
@@ -583,7 +579,7 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 	h := b.heldByID[e.ID]
 	if h == nil {
 		h = &held{
-			id: e.ID, owner: e.Node, key: key, frame: []byte(e.Frame), message: e.Message,
+			id: e.ID, owner: e.Node, key: key, frame: []byte(e.Frame), message: req.Message,
 			expires: time.UnixMilli(e.Expires), recipients: make(map[registry.Holder]struct{}),
 		}
 		b.heldByID[e.ID] = h
@@ -735,10 +731,6 @@ func (b *Bus) Detached(c registry.Holder) {
 	}
 }
 
-func unknownRequest(id string) *protocol.FrameError {
-	return &protocol.FrameError{Code: protocol.CodeUnknownRequest, Message: "no request with this request_id is pending for this connection", RequestID: id}
-}
-
 // heldFor finds the request of another node that c may still answer.
 func (b *Bus) heldFor(c registry.Holder, id string) *held {
 	b.mu.Lock()
@@ -762,16 +754,11 @@ func (b *Bus) heldFor(c registry.Holder, id string) *held {
 func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.FrameError {
 	h := b.heldFor(c, f.RequestID)
 	if h == nil {
-		return unknownRequest(f.RequestID)
+		return protocol.UnknownRequest(f.RequestID)
 	}
 	e := &envelope{T: msgAnswer, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID()}
-	var ferr *protocol.FrameError
-	switch {
-	case string(f.Message) != string(h.message):
-		ferr = &protocol.FrameError{Code: protocol.CodeInvalidSignature, Message: "message differs from the requested message", RequestID: h.id}
-	case !h.key.Verify(h.message, f.Signature):
-		ferr = &protocol.FrameError{Code: protocol.CodeInvalidSignature, Message: "signature does not verify against the public key and message", RequestID: h.id}
-	default:
+	ferr := protocol.CheckAnswer(h.key, h.message, f)
+	if ferr == nil {
 		e.Sig = f.Signature
 	}
 	b.mu.Lock()
@@ -792,7 +779,7 @@ func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.Fra
 func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameError {
 	h := b.heldFor(c, f.RequestID)
 	if h == nil {
-		return unknownRequest(f.RequestID)
+		return protocol.UnknownRequest(f.RequestID)
 	}
 	e := &envelope{T: msgReject, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID(), Reason: f.Reason}
 	b.mu.Lock()

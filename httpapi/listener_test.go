@@ -36,6 +36,22 @@ func loopback(t *testing.T) net.Listener {
 	return ln
 }
 
+// acceptAll accepts on l until it fails, and then closes the channel.
+func acceptAll(l net.Listener) <-chan net.Conn {
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	return accepted
+}
+
 // Running out of descriptors is what made the relay exit: it must be
 // retried, like every error a client can cause, and never returned.
 func TestAcceptRetriesTemporaryErrors(t *testing.T) {
@@ -72,17 +88,7 @@ func TestListenerCap(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	accepted := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				close(accepted)
-				return
-			}
-			accepted <- c
-		}
-	}()
+	accepted := acceptAll(l)
 	dial()
 	dial()
 	ca, cb := <-accepted, <-accepted
@@ -155,17 +161,7 @@ func TestListenerCapPerIP(t *testing.T) {
 	base := loopback(t)
 	proxy := netip.MustParsePrefix("127.0.0.3/32")
 	l := newLimitListener(base, 100, 2, []netip.Prefix{proxy}, time.Second, slog.New(slog.DiscardHandler))
-	accepted := make(chan net.Conn, 16)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				close(accepted)
-				return
-			}
-			accepted <- c
-		}
-	}()
+	accepted := acceptAll(l)
 	from := func(ip string) (net.Conn, error) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 		c, err := d.Dial("tcp", base.Addr().String())

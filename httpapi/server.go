@@ -256,14 +256,6 @@ func (s *Server) Serve(ln net.Listener) error {
 	return s.app.Listener(ln)
 }
 
-// OpenConnections returns how many client connections are open now.
-func (s *Server) OpenConnections() int {
-	if l := s.listener.Load(); l != nil {
-		return l.Open()
-	}
-	return 0
-}
-
 // handleReady says whether this node should get traffic: not while it
 // shuts down, and not while it cannot reach the rest of the relay.
 func (s *Server) handleReady(c *fiber.Ctx) error {

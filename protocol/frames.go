@@ -389,3 +389,22 @@ func EncodeError(code, message, requestID string) []byte {
 
 // FormatTime is the wire's time format: RFC 3339 in UTC with milliseconds.
 func FormatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
+// UnknownRequest is the error for an answer to a request_id that is not
+// pending for the connection that sent it.
+func UnknownRequest(id string) *FrameError {
+	return &FrameError{Code: CodeUnknownRequest, Message: "no request with this request_id is pending for this connection", RequestID: id}
+}
+
+// CheckAnswer checks a sign_response against the request it answers:
+// nil when f echoes message and its signature verifies for key, else the
+// invalid_signature error that says which of the two failed.
+func CheckAnswer(key PublicKey, message []byte, f *SignResponse) *FrameError {
+	switch {
+	case !bytes.Equal(f.Message, message):
+		return &FrameError{Code: CodeInvalidSignature, Message: "message differs from the requested message", RequestID: f.RequestID}
+	case !key.Verify(message, f.Signature):
+		return &FrameError{Code: CodeInvalidSignature, Message: "signature does not verify against the public key and message", RequestID: f.RequestID}
+	}
+	return nil
+}

@@ -227,3 +227,22 @@ func TestEncodersMatchEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// CheckAnswer says which part of a bad answer is wrong; a good one passes.
+func TestCheckAnswer(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	key, _ := PublicKeyFromBytes(pub)
+	msg := []byte("m")
+	good := &SignResponse{RequestID: "r", Message: msg, Signature: ed25519.Sign(priv, msg)}
+	if e := CheckAnswer(key, msg, good); e != nil {
+		t.Fatalf("good answer: %v", e)
+	}
+	other := &SignResponse{RequestID: "r", Message: []byte("x"), Signature: good.Signature}
+	if e := CheckAnswer(key, msg, other); e == nil || e.Code != CodeInvalidSignature || !strings.Contains(e.Message, "message differs") {
+		t.Fatalf("other message: %v", e)
+	}
+	forged := &SignResponse{RequestID: "r", Message: msg, Signature: make([]byte, 64)}
+	if e := CheckAnswer(key, msg, forged); e == nil || e.RequestID != "r" || !strings.Contains(e.Message, "does not verify") {
+		t.Fatalf("forged signature: %v", e)
+	}
+}

@@ -5,7 +5,6 @@
 package signing
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -63,7 +62,6 @@ type Offer struct {
 	ID      string
 	Key     protocol.PublicKey
 	Frame   []byte // the sign_request frame, byte for byte what holders get
-	Message []byte
 	Expires time.Time
 	// Probe is set when no local connection holds the key: the request is
 	// not connected (404) unless another node holds it.
@@ -298,7 +296,7 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 		h.Send(p.frame)
 	}
 	if s.bus != nil {
-		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Message: p.message, Expires: expires, Probe: probe})
+		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: expires, Probe: probe})
 	}
 	if probe {
 		select {
@@ -441,23 +439,19 @@ func (p *pending) exhaustedLocked() bool {
 	return len(p.recipients) > 0 && len(p.failed) == len(p.recipients)
 }
 
-func unknownRequest(id string) *protocol.FrameError {
-	return &protocol.FrameError{Code: protocol.CodeUnknownRequest, Message: "no request with this request_id is pending for this connection", RequestID: id}
-}
-
 // pendingFor finds the request requestID that h may still answer, or the
 // unknown_request error to send back.
 func (s *Service) pendingFor(h registry.Holder, requestID string) (*pending, *protocol.FrameError) {
 	id, err := uuid.Parse(requestID)
 	if err != nil {
-		return nil, unknownRequest(requestID)
+		return nil, protocol.UnknownRequest(requestID)
 	}
 	sh := s.shardOf(h.Key())
 	sh.mu.Lock()
 	p := sh.lookupLocked(h, id)
 	sh.mu.Unlock()
 	if p == nil {
-		return nil, unknownRequest(requestID)
+		return nil, protocol.UnknownRequest(requestID)
 	}
 	return p, nil
 }
@@ -475,18 +469,15 @@ func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol
 	}
 	sh := s.shardOf(h.Key())
 	// p.message is immutable: verify without the lock.
-	if bytes.Equal(f.Message, p.message) && h.Key().Verify(p.message, f.Signature) {
+	bad := protocol.CheckAnswer(h.Key(), p.message, f)
+	if bad == nil {
 		sig := append([]byte(nil), f.Signature...)
 		if !s.finish(p, outcome{sig: sig}, protocol.CancelAnsweredElsewhere, h) {
 			s.log.Debug("late answer", "request_id", p.idStr, "session", h.SessionID())
 		}
 		return nil
 	}
-	what := "signature does not verify against the public key and message"
-	if !bytes.Equal(f.Message, p.message) {
-		what = "message differs from the requested message"
-	}
-	s.log.Warn("invalid sign_response", "request_id", p.idStr, "key", h.Key().ShortString(), "session", h.SessionID(), "why", what)
+	s.log.Warn("invalid sign_response", "request_id", p.idStr, "key", h.Key().ShortString(), "session", h.SessionID(), "why", bad.Message)
 
 	sh.mu.Lock()
 	exhausted := false
@@ -501,7 +492,7 @@ func (s *Service) Respond(h registry.Holder, f *protocol.SignResponse) *protocol
 	if exhausted {
 		s.endExhausted(p, h)
 	}
-	return &protocol.FrameError{Code: protocol.CodeInvalidSignature, Message: what, RequestID: p.idStr}
+	return bad
 }
 
 // Reject handles a sign_reject from h: the key holder said no, which ends
