@@ -42,10 +42,10 @@ func run() error {
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if cfg.GeneratedAPIKey {
-		log.Warn("no api_keys configured; generated one for this run", "api_key", cfg.APIKeys[0])
+		log.Warn("no api_keys configured; generated one for this run", "api_key", cfg.APIKeys[0].Key)
 	}
 	for i, k := range cfg.APIKeys {
-		if len(k) < 16 {
+		if len(k.Key) < 16 {
 			log.Warn("api key is short and may be guessable; use 16 characters or more", "index", i)
 		}
 	}

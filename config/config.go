@@ -23,9 +23,10 @@ import (
 type Config struct {
 	// Listen is the address to serve on. listen, default 127.0.0.1:8080.
 	Listen string `yaml:"listen"`
-	// APIKeys are the bearer tokens accepted by POST /sign. api_keys; when
-	// none is configured a random key is generated at start and logged once.
-	APIKeys []string `yaml:"api_keys"`
+	// APIKeys are the bearer tokens accepted by POST /sign, each a bare
+	// key or {name, key}. api_keys; when none is configured a random key is
+	// generated at start and logged once.
+	APIKeys []APIKey `yaml:"api_keys"`
 	// GeneratedAPIKey is set when APIKeys was empty and a key was made.
 	GeneratedAPIKey bool `yaml:"-"`
 
@@ -87,6 +88,17 @@ type Sign struct {
 	MaxPendingBytes          int `yaml:"max_pending_bytes"`             // default 134217728 (128 MiB)
 	MaxPendingPerAPIKey      int `yaml:"max_pending_per_api_key"`       // default 2000
 	MaxPendingBytesPerAPIKey int `yaml:"max_pending_bytes_per_api_key"` // default 33554432 (32 MiB)
+	// MaxAsyncTimeout caps timeout_ms of an asynchronous request ("wait":
+	// false). sign.max_async_timeout, default 10m, at least 10m, at most 24h.
+	MaxAsyncTimeout Duration `yaml:"max_async_timeout"`
+	// ResultTTL is how long an ended request resource (asynchronous or
+	// made with an Idempotency-Key) stays readable and replayable.
+	// sign.result_ttl, default 1h.
+	ResultTTL Duration `yaml:"result_ttl"`
+	// MaxResults and MaxResultsBytes bound the ended resources kept on
+	// this node, by count and by bytes; past either the oldest go first.
+	MaxResults      int `yaml:"max_results"`       // default 100000
+	MaxResultsBytes int `yaml:"max_results_bytes"` // default 268435456 (256 MiB)
 }
 
 // WebSocket holds the key-holder side's limits. Key: websocket.
@@ -434,6 +446,8 @@ func Default() Config {
 			MaxMessageBytes: 65536, MaxPendingPerKey: 64,
 			MaxPending: 10000, MaxPendingBytes: 128 << 20,
 			MaxPendingPerAPIKey: 2000, MaxPendingBytesPerAPIKey: 32 << 20,
+			MaxAsyncTimeout: Duration(10 * time.Minute), ResultTTL: Duration(time.Hour),
+			MaxResults: 100000, MaxResultsBytes: 256 << 20,
 		},
 		WebSocket: WebSocket{
 			IntroductionTimeout: Duration(10 * time.Second), PingInterval: Duration(20 * time.Second),
@@ -479,12 +493,12 @@ func Load(path string, required bool, getenv func(string) string) (Config, error
 		cfg.APIKeys = nil
 		for _, k := range strings.Split(v, ",") {
 			if k = strings.TrimSpace(k); k != "" {
-				cfg.APIKeys = append(cfg.APIKeys, k)
+				cfg.APIKeys = append(cfg.APIKeys, APIKey{Key: k})
 			}
 		}
 	}
 	if len(cfg.APIKeys) == 0 {
-		cfg.APIKeys = []string{newAPIKey()}
+		cfg.APIKeys = []APIKey{{Key: newAPIKey()}}
 		cfg.GeneratedAPIKey = true
 	}
 	return cfg, cfg.Validate()
@@ -506,10 +520,25 @@ func (c *Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
 		return bad("listen", "%q is not host:port", c.Listen)
 	}
+	names, keys := map[string]bool{}, map[string]bool{}
 	for i, k := range c.APIKeys {
-		if strings.TrimSpace(k) == "" || k != strings.TrimSpace(k) {
+		if strings.TrimSpace(k.Key) == "" || k.Key != strings.TrimSpace(k.Key) {
 			return bad(fmt.Sprintf("api_keys[%d]", i), "empty or padded with spaces")
 		}
+		if keys[k.Key] {
+			return bad(fmt.Sprintf("api_keys[%d]", i), "the same key is listed twice")
+		}
+		keys[k.Key] = true
+		if k.Name == "" {
+			continue
+		}
+		if !validAPIKeyName(k.Name) {
+			return bad(fmt.Sprintf("api_keys[%d].name", i), "%q must be 1-64 letters, digits, '-', '_', '.' or spaces", k.Name)
+		}
+		if names[k.Name] {
+			return bad(fmt.Sprintf("api_keys[%d].name", i), "%q is used twice", k.Name)
+		}
+		names[k.Name] = true
 	}
 	h := c.HTTP
 	if h.MaxConnections < 0 || h.MaxConnections > 1<<24 {
@@ -530,6 +559,12 @@ func (c *Config) Validate() error {
 	if s.DefaultTimeout <= 0 || s.DefaultTimeout > s.MaxTimeout {
 		return bad("sign.default_timeout", "%s is out of range (more than 0, at most sign.max_timeout %s)", s.DefaultTimeout, s.MaxTimeout)
 	}
+	if s.MaxAsyncTimeout.D() < 10*time.Minute || s.MaxAsyncTimeout.D() > 24*time.Hour {
+		return bad("sign.max_async_timeout", "%s is out of range (10m to 24h)", s.MaxAsyncTimeout)
+	}
+	if s.ResultTTL.D() < time.Second || s.ResultTTL.D() > 7*24*time.Hour {
+		return bad("sign.result_ttl", "%s is out of range (1s to 168h)", s.ResultTTL)
+	}
 	if s.MaxMessageBytes < 1 || s.MaxMessageBytes > 16<<20 {
 		return bad("sign.max_message_bytes", "%d is out of range (1 to 16 MiB)", s.MaxMessageBytes)
 	}
@@ -541,6 +576,8 @@ func (c *Config) Validate() error {
 		"sign.max_pending_bytes":             {s.MaxPendingBytes, s.MaxMessageBytes, 1 << 40},
 		"sign.max_pending_per_api_key":       {s.MaxPendingPerAPIKey, 1, 10_000_000},
 		"sign.max_pending_bytes_per_api_key": {s.MaxPendingBytesPerAPIKey, s.MaxMessageBytes, 1 << 40},
+		"sign.max_results":                   {s.MaxResults, 1, 100_000_000},
+		"sign.max_results_bytes":             {s.MaxResultsBytes, 1 << 20, 1 << 40},
 	} {
 		if v.n < v.lo || v.n > v.hi {
 			return bad(key, "%d is out of range (%d to %d)", v.n, v.lo, v.hi)

@@ -116,7 +116,7 @@ func TestLoadEnvironmentOverrides(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.Listen != tc.listen || !reflect.DeepEqual(cfg.APIKeys, tc.keys) || cfg.GeneratedAPIKey != tc.generated {
+			if cfg.Listen != tc.listen || !reflect.DeepEqual(cfg.APIKeys, BareKeys(tc.keys...)) || cfg.GeneratedAPIKey != tc.generated {
 				t.Fatalf("listen %q keys %q generated %v, want %q %q %v", cfg.Listen, cfg.APIKeys, cfg.GeneratedAPIKey, tc.listen, tc.keys, tc.generated)
 			}
 		})
@@ -143,7 +143,7 @@ func TestLoadGeneratesAPIKey(t *testing.T) {
 			if !cfg.GeneratedAPIKey || len(cfg.APIKeys) != 1 {
 				t.Fatalf("keys %q generated %v, want one generated key", cfg.APIKeys, cfg.GeneratedAPIKey)
 			}
-			k := cfg.APIKeys[0]
+			k := cfg.APIKeys[0].Key
 			if len(k) < 32 || strings.TrimSpace(k) != k || strings.ContainsAny(k, " ,\n") {
 				t.Fatalf("generated key %q: want at least 32 characters, no spaces or commas", k)
 			}
@@ -351,5 +351,33 @@ cluster:
 	}
 	if d := Default().Cluster; d.SubjectPrefix != "signrelay" || d.Embedded.ClusterName != "signrelay" || d.NATSURL != "" || d.Embedded.Listen != "" {
 		t.Fatalf("default cluster = %+v", d)
+	}
+}
+
+func TestNamedAPIKeys(t *testing.T) {
+	file := "api_keys:\n  - bare-key-0123456789abcdef\n  - {name: billing, key: billing-key-0123456789ab}\n  - name: \"ops team.2\"\n    key: ops-key-0123456789abcdef\n"
+	cfg, err := Load(writeFile(t, file), true, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []APIKey{{Key: "bare-key-0123456789abcdef"}, {Name: "billing", Key: "billing-key-0123456789ab"}, {Name: "ops team.2", Key: "ops-key-0123456789abcdef"}}
+	if !reflect.DeepEqual(cfg.APIKeys, want) {
+		t.Fatalf("api_keys %+v, want %+v", cfg.APIKeys, want)
+	}
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"duplicate name", "api_keys: [{name: a, key: key-one-0123456789}, {name: a, key: key-two-0123456789}]", "used twice"},
+		{"duplicate key", "api_keys: [key-one-0123456789, {name: a, key: key-one-0123456789}]", "twice"},
+		{"bad name", "api_keys: [{name: \"a/b\", key: key-one-0123456789}]", "api_keys[0].name"},
+		{"long name", "api_keys: [{name: " + strings.Repeat("n", 65) + ", key: key-one-0123456789}]", "api_keys[0].name"},
+		{"unknown field", "api_keys: [{name: a, key: key-one-0123456789, role: x}]", "unknown key"},
+		{"missing key", "api_keys: [{name: a}]", "api_keys[0]"},
+		{"list as key", "api_keys: [[a]]", "api_keys"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeFile(t, tc.yaml), true, envOf(nil))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -105,3 +105,30 @@ func kindName(t reflect.Type) string {
 	}
 	return t.String()
 }
+
+// UnmarshalYAML reads an api_keys entry: a bare key string, or a mapping
+// with exactly the keys name and key.
+func (k *APIKey) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
+		return n.Decode(&k.Key)
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("expected a key or {name, key} (line %d)", n.Line)
+	}
+	*k = APIKey{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		var dst *string
+		switch n.Content[i].Value {
+		case "name":
+			dst = &k.Name
+		case "key":
+			dst = &k.Key
+		default:
+			return fmt.Errorf("api key entry: unknown key %q (line %d)", n.Content[i].Value, n.Content[i].Line)
+		}
+		if v := n.Content[i+1]; v.Kind != yaml.ScalarNode || v.Decode(dst) != nil {
+			return fmt.Errorf("api key entry: %s must be a string (line %d)", n.Content[i].Value, v.Line)
+		}
+	}
+	return nil
+}

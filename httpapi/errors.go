@@ -27,6 +27,9 @@ const (
 	codeNotFound         = "not_found"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeInternal         = "internal_error"
+	codeCancelled        = "cancelled"
+	codeNotPending       = "not_pending"
+	codeIdempotencyReuse = "idempotency_key_reused"
 )
 
 // signErrors is the one table that maps signing's errors to the contract.
@@ -42,6 +45,10 @@ var signErrors = []struct {
 	{signing.ErrShuttingDown, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrTooManyPending, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrClusterUnreachable, fiber.StatusServiceUnavailable, codeUnavailable},
+	{signing.ErrCancelled, fiber.StatusConflict, codeCancelled},
+	{signing.ErrNotPending, fiber.StatusConflict, codeNotPending},
+	{signing.ErrNotFound, fiber.StatusNotFound, codeNotFound},
+	{signing.ErrIdempotencyKeyReused, fiber.StatusUnprocessableEntity, codeIdempotencyReuse},
 	// The backend closed its connection: no answer is written at all.
 	{signing.ErrRequesterGone, statusNoResponse, codeRequesterGone},
 }

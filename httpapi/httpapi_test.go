@@ -110,7 +110,7 @@ func TestSignErrorTable(t *testing.T) {
 // never the process.
 func TestPanicIsRecovered(t *testing.T) {
 	cfg := config.Default()
-	cfg.APIKeys = []string{"panic-test-key-0123456789"}
+	cfg.APIKeys = config.BareKeys("panic-test-key-0123456789")
 	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

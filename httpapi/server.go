@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -33,14 +34,18 @@ import (
 // Server is one relay node. Create it with New, run it with Serve, stop it
 // with Shutdown.
 type Server struct {
-	cfg            config.Config
-	log            *slog.Logger
-	app            *fiber.App
-	reg            *registry.Registry
-	svc            *signing.Service
-	apiKeys        [][sha256.Size]byte
-	trustedProxies []netip.Prefix
-	tlsConfig      *tls.Config
+	cfg     config.Config
+	log     *slog.Logger
+	app     *fiber.App
+	reg     *registry.Registry
+	svc     *signing.Service
+	apiKeys [][sha256.Size]byte
+	// apiOwners[i] names API key i for budgets, limits and resources: a
+	// hash prefix of the key, the same on every node whatever the order
+	// of api_keys. apiNames[i] is its public name ("" for a bare key).
+	apiOwners, apiNames []string
+	trustedProxies      []netip.Prefix
+	tlsConfig           *tls.Config
 
 	perAPIKey    *keyedLimiter // nil when rate limits are off
 	perPublicKey *keyedLimiter // keyed by (API key, public key)
@@ -100,7 +105,13 @@ func ServiceOptions(cfg config.Config, log *slog.Logger, bus signing.Bus) signin
 	return signing.Options{
 		DefaultTimeout:   cfg.Sign.DefaultTimeout.D(),
 		MaxTimeout:       cfg.Sign.MaxTimeout.D(),
+		MaxAsyncTimeout:  cfg.Sign.MaxAsyncTimeout.D(),
 		MaxPendingPerKey: cfg.Sign.MaxPendingPerKey,
+		Resources: signing.Resources{
+			TTL:      cfg.Sign.ResultTTL.D(),
+			MaxCount: cfg.Sign.MaxResults,
+			MaxBytes: cfg.Sign.MaxResultsBytes,
+		},
 		Budget: signing.Budget{
 			MaxPending:              cfg.Sign.MaxPending,
 			MaxPendingBytes:         cfg.Sign.MaxPendingBytes,
@@ -148,7 +159,10 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	s.bodyLimit = bodyLimit(cfg.Sign.MaxMessageBytes)
 	s.queueLimit = max(cfg.WebSocket.SendQueue, 2*cfg.Sign.MaxPendingPerKey+badFrameBurst+12)
 	for _, k := range cfg.APIKeys {
-		s.apiKeys = append(s.apiKeys, sha256.Sum256([]byte(k)))
+		sum := sha256.Sum256([]byte(k.Key))
+		s.apiKeys = append(s.apiKeys, sum)
+		s.apiOwners = append(s.apiOwners, hex.EncodeToString(sum[:8]))
+		s.apiNames = append(s.apiNames, k.Name)
 	}
 	for _, p := range cfg.TrustedProxies {
 		prefix, err := config.ParsePrefix(p)
@@ -200,6 +214,12 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	s.app.All("/sign", func(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderAllow, fiber.MethodPost)
 		return writeError(c, fiber.StatusMethodNotAllowed, codeMethodNotAllowed, "use POST /sign", "")
+	})
+	s.app.Get("/sign/:id", s.handleGetRequest)
+	s.app.Delete("/sign/:id", s.handleCancelRequest)
+	s.app.All("/sign/:id", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderAllow, "GET, DELETE")
+		return writeError(c, fiber.StatusMethodNotAllowed, codeMethodNotAllowed, "use GET or DELETE /sign/{request_id}", "")
 	})
 	s.app.Get("/ws", s.checkUpgrade, websocket.New(s.handleWS, websocket.Config{
 		RecoverHandler:  s.recoverWS,

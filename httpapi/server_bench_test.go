@@ -39,7 +39,7 @@ func startBenchRelay(b *testing.B, inMemory bool) *benchRelay {
 	b.Helper()
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
-	cfg.APIKeys = []string{benchAPIKey}
+	cfg.APIKeys = config.BareKeys(benchAPIKey)
 	cfg.RateLimits.Enabled = false
 	cfg.ShutdownGrace = config.Duration(time.Second)
 	cfg.LogLevel = "warn"

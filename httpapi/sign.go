@@ -5,14 +5,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
+	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strconv"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
+	"github.com/valyala/fasthttp"
 
 	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/signing"
@@ -53,21 +55,25 @@ func rateLimited(c *fiber.Ctx, retryAfter int, what, requestID string) error {
 	return writeError(c, fiber.StatusTooManyRequests, codeRateLimited, "rate limit exceeded for this "+what, requestID)
 }
 
+// rejectAuth answers a request without a right API key: 401, or 429 once
+// the client IP has guessed too often (a right key is never refused).
+func (s *Server) rejectAuth(c *fiber.Ctx) error {
+	if ok, retry := s.authFailures.allow(rateKey(s.clientIP(c))); !ok {
+		return rateLimited(c, retry, "client IP (failed authentication)", "")
+	}
+	c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="signrelay"`)
+	return writeError(c, fiber.StatusUnauthorized, codeUnauthorized, "missing or unknown API key", "")
+}
+
 func (s *Server) handleSign(c *fiber.Ctx) error {
 	if s.draining.Load() {
 		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "the relay is shutting down", "")
 	}
 	keyIndex, ok := s.authenticate(c)
 	if !ok {
-		// Guessing keys costs a token per try from the client's IP; a
-		// right key is never refused for it.
-		if ok, retry := s.authFailures.allow(rateKey(s.clientIP(c))); !ok {
-			return rateLimited(c, retry, "client IP (failed authentication)", "")
-		}
-		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="signrelay"`)
-		return writeError(c, fiber.StatusUnauthorized, codeUnauthorized, "missing or unknown API key", "")
+		return s.rejectAuth(c)
 	}
-	owner := strconv.Itoa(keyIndex)
+	owner := s.apiOwners[keyIndex]
 	if ok, retry := s.perAPIKey.allow(owner); !ok {
 		return rateLimited(c, retry, "API key", "")
 	}
@@ -93,19 +99,28 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 		return writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
 			fmt.Sprintf("message is %d bytes; the limit is %d", len(body.Message), s.cfg.Sign.MaxMessageBytes), "")
 	}
+	async := body.Async()
 	timeout := body.Timeout(s.cfg.Sign.DefaultTimeout.D())
-	if max := s.cfg.Sign.MaxTimeout.D(); timeout > max {
+	limit, field := s.cfg.Sign.MaxTimeout.D(), `"timeout_ms"`
+	if async {
+		limit, field = s.cfg.Sign.MaxAsyncTimeout.D(), `"timeout_ms" with "wait": false`
+	}
+	if timeout > limit {
 		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest,
-			fmt.Sprintf(`"timeout_ms" must be at most %d on this relay`, max.Milliseconds()), "")
+			fmt.Sprintf(`%s must be at most %d on this relay`, field, limit.Milliseconds()), "")
+	}
+	idemKey, err := idempotencyKey(&c.Request().Header)
+	if err != nil {
+		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, err.Error(), "")
 	}
 	requestID := uuid.NewString()
-	c.Set("X-Request-Id", requestID)
 	// The bucket is one API key's for one public key, and only a request
 	// that reaches a holder takes from it: a 404 costs nothing, and one
 	// backend cannot use up another's bucket for a shared key. On a
 	// cluster a key held on another node counts too (a 404 then costs a
-	// token: whether any node holds the key is known only later).
-	if s.perPublicKey != nil && (connected || s.clustered) {
+	// token: whether any node holds the key is known only later), and so
+	// does a request that waits for a holder.
+	if s.perPublicKey != nil && (connected || s.clustered || body.WaitForHolder) {
 		if ok, retry := s.perPublicKey.allow(owner + "/" + string(body.PublicKey)); !ok {
 			s.log.Info("sign rate limited", "request_id", requestID, "key", key.ShortString())
 			return rateLimited(c, retry, "public key", requestID)
@@ -115,34 +130,167 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopWatch := watchDisconnectAfter(watchDelay, c.Context().Conn(), cancel)
+	defer stopWatch()
 	start := time.Now()
-	res, err := s.svc.Sign(ctx, signing.Request{
+	req := signing.Request{
 		ID: requestID, Owner: owner, Key: key, Message: body.Message,
-		Description: body.Description, Timeout: timeout,
-	})
-	stopWatch()
+		Description: body.Description, Timeout: timeout, Requester: s.apiNames[keyIndex],
+		Async: async, IdempotencyKey: idemKey, WaitForHolder: body.WaitForHolder,
+	}
+	if idemKey != "" {
+		req.Fingerprint = fingerprint(body, timeout)
+	}
+	h, err := s.svc.Start(ctx, req)
 	if err != nil {
 		status, code := mapSignError(err)
-		if status == statusNoResponse {
-			// Nobody is there to read an answer: close the connection
-			// without one, rather than invent a status.
-			s.log.Info("sign ended", "request_id", requestID, "key", key.ShortString(), "code", code, "ms", time.Since(start).Milliseconds())
-			c.Context().HijackSetNoResponse(true)
-			c.Context().Hijack(func(net.Conn) {})
-			return nil
+		s.log.Info("sign refused", "request_id", requestID, "requester", req.Requester, "key", key.ShortString(), "status", status, "code", code)
+		b := errorBody{Error: errorDetail{Code: code, Message: err.Error()}, RequestID: requestID}
+		var ie *signing.IdempotencyError
+		if errors.As(err, &ie) {
+			b.RequestID = ie.RequestID
 		}
-		s.log.Info("sign ended", "request_id", requestID, "key", key.ShortString(), "status", status, "code", code, "ms", time.Since(start).Milliseconds())
+		return c.Status(status).JSON(b)
+	}
+	requestID = h.ID()
+	c.Set("X-Request-Id", requestID)
+	if h.Replayed {
+		c.Set("Idempotent-Replayed", "true")
+	}
+	if async {
+		c.Set(fiber.HeaderLocation, "/sign/"+requestID)
+		return writeResource(c, fiber.StatusAccepted, h.Record())
+	}
+	rec, err := h.Await(ctx)
+	status, code := fiber.StatusOK, ""
+	if err != nil {
+		status, code = mapSignError(err)
+	}
+	s.log.Info("sign ended", "request_id", requestID, "requester", req.Requester, "key", key.ShortString(),
+		"status", status, "code", code, "replayed", h.Replayed, "ms", time.Since(start).Milliseconds())
+	if status == statusNoResponse {
+		// Nobody is there to read an answer: close the connection
+		// without one, rather than invent a status.
+		c.Context().HijackSetNoResponse(true)
+		c.Context().Hijack(func(net.Conn) {})
+		return nil
+	}
+	if err != nil {
 		b := errorBody{Error: errorDetail{Code: code, Message: err.Error()}, RequestID: requestID}
 		if re, ok := err.(*signing.RejectedError); ok {
 			b.Error.Reason = &re.Reason
 		}
 		return c.Status(status).JSON(b)
 	}
-	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("sign ended", "request_id", requestID, "key", key.ShortString(), "status", fiber.StatusOK, "ms", time.Since(start).Milliseconds())
-	}
-	out := protocol.EncodeSignResult(res.RequestID, key, body.Message, res.Signature)
+	out := protocol.EncodeSignResult(requestID, key, rec.Message, rec.Signature)
 	c.Response().SetBodyRaw(out)
 	c.Response().Header.SetContentType(fiber.MIMEApplicationJSON)
 	return nil
+}
+
+// idempotencyKey returns the Idempotency-Key header ("" when absent), or
+// why it is not 1–255 visible ASCII characters.
+func idempotencyKey(h *fasthttp.RequestHeader) (string, error) {
+	v := h.Peek(headerIdempotencyKey)
+	if len(v) == 0 {
+		present := false
+		h.VisitAll(func(k, _ []byte) { present = present || bytes.EqualFold(k, []byte(headerIdempotencyKey)) })
+		if !present {
+			return "", nil
+		}
+	}
+	if len(v) == 0 || len(v) > 255 {
+		return "", errors.New("Idempotency-Key must be 1 to 255 characters")
+	}
+	for _, b := range v {
+		if b < 0x21 || b > 0x7e {
+			return "", errors.New("Idempotency-Key must be visible ASCII characters (0x21-0x7E)")
+		}
+	}
+	return string(v), nil
+}
+
+const headerIdempotencyKey = "Idempotency-Key"
+
+// fingerprint identifies what a request asks, so that a retry under one
+// idempotency key can be told from a different request: its public key,
+// message, description, effective timeout and wait_for_holder (not wait).
+func fingerprint(b *protocol.SignBody, timeout time.Duration) [32]byte {
+	h := sha256.New()
+	var n [8]byte
+	field := func(p []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write(p)
+	}
+	field(b.PublicKey)
+	field(b.Message)
+	field([]byte(b.Description))
+	binary.BigEndian.PutUint64(n[:], uint64(timeout.Milliseconds()))
+	h.Write(n[:])
+	if b.WaitForHolder {
+		h.Write([]byte{1})
+	} else {
+		h.Write([]byte{0})
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// resourceAuth authenticates GET and DELETE /sign/{id} and checks the id;
+// it returns the owner, or "" after answering.
+func (s *Server) resourceAuth(c *fiber.Ctx) (string, string, error) {
+	keyIndex, ok := s.authenticate(c)
+	if !ok {
+		return "", "", s.rejectAuth(c)
+	}
+	id := c.Params("id")
+	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+		return "", "", writeError(c, fiber.StatusBadRequest, codeInvalidRequest, "request_id must be a UUID", "")
+	}
+	return s.apiOwners[keyIndex], id, nil
+}
+
+func (s *Server) handleGetRequest(c *fiber.Ctx) error {
+	owner, id, err := s.resourceAuth(c)
+	if owner == "" {
+		return err
+	}
+	wait := time.Duration(0)
+	if v := c.Query("wait_ms"); v != "" || c.Context().QueryArgs().Has("wait_ms") {
+		ms, err := strconv.Atoi(v)
+		if err != nil || ms < 0 || ms > 60000 || strconv.Itoa(ms) != v {
+			return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, "wait_ms must be a whole number from 0 to 60000", "")
+		}
+		wait = time.Duration(ms) * time.Millisecond
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if wait > 0 {
+		defer watchDisconnectAfter(watchDelay, c.Context().Conn(), cancel)()
+	}
+	rec, err := s.svc.Get(ctx, owner, id, wait)
+	if err != nil {
+		status, code := mapSignError(err)
+		return writeError(c, status, code, err.Error(), "")
+	}
+	return writeResource(c, fiber.StatusOK, rec)
+}
+
+func (s *Server) handleCancelRequest(c *fiber.Ctx) error {
+	owner, id, err := s.resourceAuth(c)
+	if owner == "" {
+		return err
+	}
+	rec, err := s.svc.Cancel(owner, id)
+	if err != nil {
+		status, code := mapSignError(err)
+		rid := ""
+		if rec != nil {
+			rid = rec.ID
+		}
+		return writeError(c, status, code, err.Error(), rid)
+	}
+	s.log.Info("sign cancelled", "request_id", id, "requester", rec.Requester)
+	return writeResource(c, fiber.StatusOK, rec)
 }

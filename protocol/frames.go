@@ -28,6 +28,8 @@ const (
 	CancelAnsweredElsewhere = "answered_elsewhere"
 	CancelRequesterGone     = "requester_gone"
 	CancelShutdown          = "shutdown"
+	// CancelCancelled: the backend took the request back (DELETE /sign/{id}).
+	CancelCancelled = "cancelled"
 )
 
 // Error codes sent to key holders in error frames. The contract names
@@ -56,6 +58,10 @@ const (
 	SignatureSize      = 64
 	MaxDescriptionRune = 256
 	MaxTimeoutMS       = 60000
+	// MaxAsyncTimeoutMS is the most an asynchronous request may ask for
+	// on any relay (24 h); sign.max_async_timeout sets the relay's own
+	// limit, at least ten minutes.
+	MaxAsyncTimeoutMS = 86400000
 )
 
 // ReservedPrefix starts every message the relay itself has key holders sign.
@@ -99,6 +105,8 @@ type SignRequest struct {
 	Message     Bytes  `json:"message"`
 	Description string `json:"description"`
 	ExpiresAt   string `json:"expires_at"`
+	// Requester is the name of the API key that asks, "" for a bare key.
+	Requester string `json:"requester"`
 }
 
 // SignResponse approves a request; Message must echo the requested bytes.
@@ -351,8 +359,8 @@ func EncodeIntroduced(key PublicKey, sessionID string) []byte {
 
 // EncodeSignRequest builds a sign_request; expiresAt is sent in UTC, RFC 3339
 // with milliseconds.
-func EncodeSignRequest(requestID string, message []byte, description string, expiresAt time.Time) []byte {
-	b := make([]byte, 0, 110+len(requestID)+base64.StdEncoding.EncodedLen(len(message))+len(description))
+func EncodeSignRequest(requestID string, message []byte, description, requester string, expiresAt time.Time) []byte {
+	b := make([]byte, 0, 125+len(requestID)+base64.StdEncoding.EncodedLen(len(message))+len(description)+len(requester))
 	b = append(b, `{"type":"sign_request","request_id":`...)
 	b = appendJSONString(b, requestID)
 	b = append(b, `,"message":"`...)
@@ -361,7 +369,9 @@ func EncodeSignRequest(requestID string, message []byte, description string, exp
 	b = appendJSONString(b, description)
 	b = append(b, `,"expires_at":"`...)
 	b = expiresAt.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
-	return append(b, `"}`...)
+	b = append(b, `","requester":`...)
+	b = appendJSONString(b, requester)
+	return append(b, '}')
 }
 
 // appendJSONString appends s as encoding/json would write it: verbatim

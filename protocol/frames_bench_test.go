@@ -95,7 +95,7 @@ func BenchmarkEncodeSignRequest(b *testing.B) {
 	expires := time.Now().Add(time.Minute)
 	b.ReportAllocs()
 	for b.Loop() {
-		if f := EncodeSignRequest("3f1d2c4b-5a69-4788-9a0b-1c2d3e4f5a6b", msg, "", expires); len(f) == 0 {
+		if f := EncodeSignRequest("3f1d2c4b-5a69-4788-9a0b-1c2d3e4f5a6b", msg, "", "", expires); len(f) == 0 {
 			b.Fatal("empty frame")
 		}
 	}

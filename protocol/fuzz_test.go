@@ -112,7 +112,7 @@ func FuzzDecodeSignBody(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(b.PublicKey) != 32 || len(b.Message) == 0 || (b.TimeoutMS != nil && (*b.TimeoutMS < 1 || *b.TimeoutMS > MaxTimeoutMS)) {
+		if len(b.PublicKey) != 32 || len(b.Message) == 0 || (b.TimeoutMS != nil && (*b.TimeoutMS < 1 || *b.TimeoutMS > MaxAsyncTimeoutMS)) {
 			t.Fatalf("accepted %+v", b)
 		}
 	})

@@ -265,7 +265,7 @@ func TestSignBodyStrict(t *testing.T) {
 		{"bad base64", body(`"public_key":"AA",` + msg), `"public_key" is not standard base64 with padding`},
 		{"timeout string", body(pk + `,` + msg + `,"timeout_ms":"5"`), `field "timeout_ms" has the wrong type (string)`},
 		{"timeout float", body(pk + `,` + msg + `,"timeout_ms":1e3`), `field "timeout_ms" has the wrong type (number 1e3)`},
-		{"timeout range", body(pk + `,` + msg + `,"timeout_ms":60001`), `"timeout_ms" must be at most 60000`},
+		{"timeout range", body(pk + `,` + msg + `,"timeout_ms":86400001`), `"timeout_ms" must be at most 86400000`},
 		{"missing message", body(pk), `missing field "message"`},
 		{"empty message", body(pk + `,"message":""`), `"message" must not be empty`},
 		{"description type", body(pk + `,` + msg + `,"description":1`), `field "description" has the wrong type (number)`},

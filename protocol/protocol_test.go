@@ -162,7 +162,10 @@ func TestDecodeSignBody(t *testing.T) {
 		{"timeout null is default", ok(`,"timeout_ms":null`), true},
 		{"unknown field", ok(`,"x":1`), true},
 		{"timeout 0", ok(`,"timeout_ms":0`), false},
-		{"timeout 60001", ok(`,"timeout_ms":60001`), false},
+		{"timeout 60001 (the relay bounds it per mode)", ok(`,"timeout_ms":60001`), true},
+		{"timeout over a day", ok(`,"timeout_ms":86400001`), false},
+		{"wait false", ok(`,"wait":false,"wait_for_holder":true`), true},
+		{"wait not a bool", ok(`,"wait":"no"`), false},
 		{"reserved", `{"public_key":"` + key + `","message":"` + base64.StdEncoding.EncodeToString([]byte("signing-relay/x")) + `"}`, false},
 		{"description 256 runes", ok(`,"description":"` + strings.Repeat("ü", 256) + `"`), true},
 		{"description 257 runes", ok(`,"description":"` + strings.Repeat("ü", 257) + `"`), false},
@@ -182,11 +185,11 @@ func TestDecodeSignBody(t *testing.T) {
 func TestEncodeFrames(t *testing.T) {
 	exp := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.FixedZone("X", 3600))
 	var req SignRequest
-	if err := json.Unmarshal(EncodeSignRequest(validID, []byte{1, 2}, "d", exp), &req); err != nil {
+	if err := json.Unmarshal(EncodeSignRequest(validID, []byte{1, 2}, "d", "billing", exp), &req); err != nil {
 		t.Fatal(err)
 	}
 	if req.Type != TypeSignRequest || req.RequestID != validID || !bytes.Equal(req.Message, []byte{1, 2}) ||
-		req.ExpiresAt != "2026-01-02T02:04:05.006Z" {
+		req.ExpiresAt != "2026-01-02T02:04:05.006Z" || req.Requester != "billing" {
 		t.Fatalf("sign_request %+v", req)
 	}
 	var e map[string]any
@@ -220,8 +223,8 @@ func TestEncodersMatchEncodingJSON(t *testing.T) {
 	}
 	exp := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
 	for _, desc := range []string{"", "plain", "quote\" <tag> & \\ \n é \u2028"} {
-		got := EncodeSignRequest(validID, msg, desc, exp)
-		want, _ := json.Marshal(SignRequest{Type: TypeSignRequest, RequestID: validID, Message: msg, Description: desc, ExpiresAt: FormatTime(exp)})
+		got := EncodeSignRequest(validID, msg, desc, desc, exp)
+		want, _ := json.Marshal(SignRequest{Type: TypeSignRequest, RequestID: validID, Message: msg, Description: desc, ExpiresAt: FormatTime(exp), Requester: desc})
 		if !bytes.Equal(got, want) {
 			t.Fatalf("sign_request %q\n got %s\nwant %s", desc, got, want)
 		}

@@ -17,8 +17,19 @@ type SignBody struct {
 	PublicKey   Bytes  `json:"public_key" validate:"required,len=32"`
 	Message     Bytes  `json:"message" validate:"required,min=1"`
 	Description string `json:"description" validate:"max=256"`
-	TimeoutMS   *int64 `json:"timeout_ms" validate:"omitempty,min=1,max=60000"`
+	// TimeoutMS is bounded here by the most any relay allows; the relay
+	// applies its own limit for the mode (sign.max_timeout, or
+	// sign.max_async_timeout with Wait false).
+	TimeoutMS *int64 `json:"timeout_ms" validate:"omitempty,min=1,max=86400000"`
+	// Wait false makes the call asynchronous (202 and a resource).
+	Wait *bool `json:"wait"`
+	// WaitForHolder makes a request for a key with no live connection wait
+	// for one instead of 404.
+	WaitForHolder bool `json:"wait_for_holder"`
 }
+
+// Async reports whether the body asks for an asynchronous call.
+func (b *SignBody) Async() bool { return b.Wait != nil && !*b.Wait }
 
 // signBodyFields is the field table of SignBody.
 var signBodyFields = fieldsOf[SignBody]()
@@ -104,7 +115,7 @@ func decodeSignBodySlow(body []byte) (*SignBody, error) {
 func (b *SignBody) plainlyValid() bool {
 	return len(b.PublicKey) == 32 && len(b.Message) >= 1 &&
 		utf8.RuneCountInString(b.Description) <= MaxDescriptionRune &&
-		(b.TimeoutMS == nil || (*b.TimeoutMS >= 1 && *b.TimeoutMS <= MaxTimeoutMS))
+		(b.TimeoutMS == nil || (*b.TimeoutMS >= 1 && *b.TimeoutMS <= MaxAsyncTimeoutMS))
 }
 
 // Timeout returns the requested timeout, or def when none was given.

@@ -236,7 +236,7 @@ func (rc *relayConn) send(frame []byte) {
 func (rc *relayConn) request(msg []byte, desc string) string {
 	rc.t.Helper()
 	id := newID()
-	rc.send(protocol.EncodeSignRequest(id, msg, desc, time.Now().Add(time.Minute)))
+	rc.send(protocol.EncodeSignRequest(id, msg, desc, "", time.Now().Add(time.Minute)))
 	return id
 }
 

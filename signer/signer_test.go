@@ -83,7 +83,7 @@ func TestDialIntroducesAndApproves(t *testing.T) {
 	msg := []byte("invoice:42")
 	expires := time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)
 	id := newID()
-	rc.send(protocol.EncodeSignRequest(id, msg, "pay Bob", expires))
+	rc.send(protocol.EncodeSignRequest(id, msg, "pay Bob", "billing", expires))
 
 	req := nextRequest(t, s)
 	if req.ID != id || !bytes.Equal(req.Message, msg) || req.Description != "pay Bob" || !req.ExpiresAt.Equal(expires) {

@@ -37,3 +37,25 @@ func (e *RejectedError) Error() string {
 
 // Is makes errors.Is(err, ErrRejected) true.
 func (e *RejectedError) Is(target error) bool { return target == ErrRejected }
+
+// Outcomes of the resource API (Get, Cancel, Start with an idempotency key).
+var (
+	// ErrCancelled: the request was cancelled by its backend (DELETE).
+	ErrCancelled = errors.New("the request was cancelled by its requester")
+	// ErrNotFound: no request resource of that id is visible to this API
+	// key (unknown, forgotten after sign.result_ttl, or another key's).
+	ErrNotFound = errors.New("no such request")
+	// ErrNotPending: the request ended otherwise before it could be cancelled.
+	ErrNotPending = errors.New("the request is no longer pending")
+	// ErrIdempotencyKeyReused: the error is an *IdempotencyError.
+	ErrIdempotencyKeyReused = errors.New("the Idempotency-Key was used for a different request")
+)
+
+// IdempotencyError refuses an idempotency key used before for a request
+// with another fingerprint; RequestID names that request.
+type IdempotencyError struct{ RequestID string }
+
+func (e *IdempotencyError) Error() string { return ErrIdempotencyKeyReused.Error() }
+
+// Is makes errors.Is(err, ErrIdempotencyKeyReused) true.
+func (e *IdempotencyError) Is(target error) bool { return target == ErrIdempotencyKeyReused }

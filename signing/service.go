@@ -72,8 +72,12 @@ type Offer struct {
 type Options struct {
 	// DefaultTimeout applies when a request names none. Default 60s.
 	DefaultTimeout time.Duration
-	// MaxTimeout caps every request's timeout. Default 60s.
+	// MaxTimeout caps a blocking request's timeout. Default 60s.
 	MaxTimeout time.Duration
+	// MaxAsyncTimeout caps an asynchronous request's timeout. Default 10m.
+	MaxAsyncTimeout time.Duration
+	// Resources bounds the ended request resources kept.
+	Resources Resources
 	// MaxPendingPerKey bounds concurrent requests per key. Default 64.
 	MaxPendingPerKey int
 	// Budget bounds the requests pending in all and per owner (API key),
@@ -95,6 +99,9 @@ func (o *Options) setDefaults() {
 	if o.DefaultTimeout > o.MaxTimeout {
 		o.DefaultTimeout = o.MaxTimeout
 	}
+	if o.MaxAsyncTimeout < o.MaxTimeout {
+		o.MaxAsyncTimeout = max(o.MaxTimeout, 10*time.Minute)
+	}
 	if o.MaxPendingPerKey <= 0 {
 		o.MaxPendingPerKey = 64
 	}
@@ -113,9 +120,26 @@ type Request struct {
 	Message     []byte
 	Description string
 	// Timeout bounds the wait; zero means Options.DefaultTimeout, and it is
-	// capped at Options.MaxTimeout.
+	// capped at Options.MaxTimeout (MaxAsyncTimeout when Async).
 	Timeout time.Duration
+	// Requester is the public name of the API key, shown to key holders.
+	Requester string
+	// Async marks a request made with "wait": false: nobody waits for it
+	// on the call that made it. It is a resource (see Start).
+	Async bool
+	// IdempotencyKey, when set, makes the request the one of Owner's key:
+	// a retry with the same Fingerprint joins it, another fingerprint is
+	// an *IdempotencyError.
+	IdempotencyKey string
+	Fingerprint    [32]byte
+	// WaitForHolder lets a request for a key with no live connection wait
+	// for one until its deadline instead of ErrNotConnected.
+	WaitForHolder bool
 }
+
+// resource reports whether r makes a request resource: one that outlives
+// the call that made it and is kept for a while after it ends.
+func (r *Request) resource() bool { return r.Async || r.IdempotencyKey != "" }
 
 // Result is a verified signature.
 type Result struct {
@@ -138,9 +162,13 @@ type Service struct {
 	log    *slog.Logger
 	budget *budget
 
+	res     *resources
 	closing atomic.Bool
 	pending atomic.Int64
-	drained chan struct{} // signalled when pending reaches zero while closing
+	// blocking counts the pending requests made by a blocking call, which
+	// Drain waits for; asynchronous ones end at Close.
+	blocking atomic.Int64
+	drained  chan struct{} // signalled when blocking reaches zero while closing
 
 	shards [shardCount]shard
 }
@@ -174,8 +202,16 @@ type pending struct {
 	key     protocol.PublicKey
 	owner   string
 	message []byte
-	frame   []byte       // the encoded sign_request, shared by every recipient
-	done    chan outcome // buffered to one; filled exactly once, by finish
+	frame   []byte // the encoded sign_request, shared by every recipient
+	// ended is closed by finish, once out is set: every waiter (the
+	// blocking call, idempotent retries, long polls) waits on it.
+	ended chan struct{}
+	out   outcome // written once, before ended is closed
+
+	description, requester string
+	async, waitForHolder   bool
+	res                    *resource   // set for a request resource
+	timer                  *time.Timer // the deadline; guarded by the shard's mu
 
 	// recipients are the live holders that received the request: on one
 	// node, every live holder of the key. failed is the subset whose
@@ -188,9 +224,10 @@ type pending struct {
 
 	// probe is set for a request offered to the bus with no local holder:
 	// it carries whether another node holds the key (first news wins).
-	probe   chan bool
-	expires time.Time
-	created time.Time
+	probe     chan bool
+	expires   time.Time
+	created   time.Time
+	completed time.Time // set by finish
 }
 
 // exhaustGrace: on a cluster, a request is not ended as answered invalidly
@@ -201,7 +238,7 @@ const exhaustGrace = 200 * time.Millisecond
 // New returns a Service that finds key holders in dir.
 func New(dir Directory, opts Options) *Service {
 	opts.setDefaults()
-	s := &Service{dir: dir, bus: opts.Bus, opts: opts, log: opts.Logger, budget: newBudget(opts.Budget), drained: make(chan struct{}, 1)}
+	s := &Service{dir: dir, bus: opts.Bus, opts: opts, log: opts.Logger, budget: newBudget(opts.Budget), res: newResources(opts.Resources), drained: make(chan struct{}, 1)}
 	for i := range s.shards {
 		s.shards[i].byKey = make(map[protocol.PublicKey]*keyPending)
 		s.shards[i].byID = make(map[uuid.UUID]*pending)
@@ -218,6 +255,91 @@ func (s *Service) shardOf(k protocol.PublicKey) *shard {
 // valid signature, a rejection, the deadline, or ctx's cancellation (which
 // means the requester went away). Errors are the sentinels of this package.
 func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
+	h, err := s.Start(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := h.Await(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Status == StatusPending { // a resource whose caller went away
+		return nil, ErrRequesterGone
+	}
+	return &Result{RequestID: rec.ID, Signature: rec.Signature}, nil
+}
+
+// Handle is a request that Start made or joined. Await waits for its end;
+// Record shows it now.
+type Handle struct {
+	// Replayed is set when an idempotency key named a request that was
+	// made before: nothing was sent to any holder this time.
+	Replayed bool
+
+	s   *Service
+	p   *pending // the request; nil when it had ended before Start
+	rec *Record  // its end, when known at Start
+}
+
+// ID is the request's id.
+func (h *Handle) ID() string {
+	if h.rec != nil {
+		return h.rec.ID
+	}
+	return h.p.idStr
+}
+
+// Record is a snapshot of the request as it is now.
+func (h *Handle) Record() *Record {
+	if h.rec != nil {
+		return h.rec
+	}
+	return h.p.snapshot()
+}
+
+// Await waits until the request ends or ctx is done, and returns its
+// record with the error a blocking call gets (nil when signed). When ctx
+// is done first, a request that is not a resource ends then
+// (ErrRequesterGone, or ErrTimeout for ctx's deadline); a resource runs on
+// to its own deadline and Await returns it still pending, with
+// ErrRequesterGone.
+func (h *Handle) Await(ctx context.Context) (*Record, error) {
+	if h.rec != nil {
+		return h.rec, h.rec.Err()
+	}
+	p := h.p
+	select {
+	case <-p.ended:
+	case <-ctx.Done():
+		if p.res != nil {
+			select {
+			case <-p.ended:
+			default:
+				return p.snapshot(), ErrRequesterGone
+			}
+			break
+		}
+		err, reason := ErrRequesterGone, protocol.CancelRequesterGone
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err, reason = ErrTimeout, protocol.CancelTimeout
+		}
+		h.s.finish(p, outcome{err: err}, reason, nil)
+		// Whoever finished first set out: an answer that raced wins.
+		<-p.ended
+	}
+	return p.snapshot(), p.out.err
+}
+
+// Start makes req and sends it to every live connection of its key, then
+// returns without waiting for the answer: with Handle.Await that is Sign.
+// A request with an IdempotencyKey that names one made before is not made
+// again; the Handle joins that one (Replayed). ctx bounds only what Start
+// itself waits for (on a cluster, whether any node holds the key).
+//
+// The errors are those that happen before a request is made
+// (ErrNotConnected, ErrTooManyPending, ErrShuttingDown,
+// ErrClusterUnreachable, *IdempotencyError): nothing is recorded for them.
+func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 	if s.closing.Load() {
 		return nil, ErrShuttingDown
 	}
@@ -229,59 +351,109 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 		}
 		id = parsed
 	}
-	timeout := req.Timeout
+	timeout, limit := req.Timeout, s.opts.MaxTimeout
+	if req.Async {
+		limit = s.opts.MaxAsyncTimeout
+	}
 	if timeout <= 0 {
 		timeout = s.opts.DefaultTimeout
 	}
-	timeout = min(timeout, s.opts.MaxTimeout)
-	expires := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(expires) {
+	timeout = min(timeout, limit)
+	now := time.Now()
+	expires := now.Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(expires) && !req.resource() {
 		expires = d
 	}
-	ctx, cancel := context.WithDeadline(ctx, expires)
-	defer cancel()
 
 	p := &pending{
 		id: id, idStr: id.String(), key: req.Key, owner: req.Owner, message: req.Message,
-		done: make(chan outcome, 1), expires: expires, created: time.Now(),
+		ended: make(chan struct{}), expires: expires, created: now,
+		description: req.Description, requester: req.Requester, async: req.Async, waitForHolder: req.WaitForHolder,
 	}
-	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, expires)
+	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, req.Requester, expires)
+	if req.resource() {
+		r := &resource{id: id, owner: req.Owner, idemKey: req.IdempotencyKey, fp: req.Fingerprint, p: p}
+		if req.IdempotencyKey == "" {
+			s.res.add(r)
+		} else if held := s.res.claim(r); held != nil {
+			if held.fp != req.Fingerprint {
+				return nil, &IdempotencyError{RequestID: held.id.String()}
+			}
+			hp, rec := s.res.state(held)
+			return &Handle{Replayed: true, s: s, p: hp, rec: rec}, nil
+		}
+		p.res = r
+	}
+	if err := s.publish(p, time.Until(expires)); err != nil {
+		if p.res != nil {
+			// Never made: a retry starts fresh, and a retry that joined
+			// meanwhile gets the same error.
+			s.res.drop(p.res)
+			p.out = outcome{err: err}
+			close(p.ended)
+		}
+		return nil, err
+	}
+	if p.probe != nil {
+		select {
+		case held := <-p.probe:
+			if !held {
+				s.notHeld(p)
+			}
+		case <-p.ended:
+		case <-ctx.Done():
+		}
+		select {
+		case <-p.ended:
+			if errors.Is(p.out.err, ErrNotConnected) {
+				return nil, ErrNotConnected
+			}
+		default:
+		}
+	}
+	return &Handle{s: s, p: p}, nil
+}
 
+// publish makes p pending and sends it to the live connections of its key
+// (and, on a cluster, to the other nodes), with its deadline after ttl.
+func (s *Service) publish(p *pending, ttl time.Duration) error {
 	// Asked before the lock: the bus may take locks of its own.
 	busReady := s.bus != nil && s.bus.Ready()
-	sh := s.shardOf(req.Key)
+	sh := s.shardOf(p.key)
 	sh.mu.Lock()
 	if s.closing.Load() {
 		sh.mu.Unlock()
-		return nil, ErrShuttingDown
+		return ErrShuttingDown
 	}
-	holders := s.dir.Holders(req.Key)
-	probe := len(holders) == 0 && s.bus != nil
+	holders := s.dir.Holders(p.key)
+	probe := len(holders) == 0 && s.bus != nil && !p.waitForHolder
 	switch {
 	case len(holders) > 0:
 	case s.bus == nil:
-		sh.mu.Unlock()
-		return nil, ErrNotConnected
+		if !p.waitForHolder {
+			sh.mu.Unlock()
+			return ErrNotConnected
+		}
 	case !busReady:
 		// Another node may hold the key; this one cannot know.
 		sh.mu.Unlock()
-		return nil, ErrClusterUnreachable
+		return ErrClusterUnreachable
 	}
-	kp := sh.byKey[req.Key]
+	kp := sh.byKey[p.key]
 	if kp != nil && kp.n >= s.opts.MaxPendingPerKey {
 		sh.mu.Unlock()
-		return nil, ErrTooManyPending
+		return ErrTooManyPending
 	}
-	if !s.budget.take(req.Owner, len(req.Message)) {
+	if !s.budget.take(p.owner, len(p.message)) {
 		sh.mu.Unlock()
-		return nil, ErrTooManyPending
+		return ErrTooManyPending
 	}
 	if kp == nil {
 		kp = &keyPending{}
-		sh.byKey[req.Key] = kp
+		sh.byKey[p.key] = kp
 	}
 	kp.push(p)
-	sh.byID[id] = p
+	sh.byID[p.id] = p
 	p.recipients = make(map[registry.Holder]struct{}, len(holders))
 	for _, h := range holders {
 		p.recipients[h] = struct{}{}
@@ -289,46 +461,95 @@ func (s *Service) Sign(ctx context.Context, req Request) (*Result, error) {
 	if probe {
 		p.probe = make(chan bool, 1)
 	}
+	p.timer = time.AfterFunc(ttl, func() { s.finish(p, outcome{err: ErrTimeout}, protocol.CancelTimeout, nil) })
 	s.pending.Add(1)
+	if !p.async {
+		s.blocking.Add(1)
+	}
 	sh.mu.Unlock()
 
 	for _, h := range holders {
 		h.Send(p.frame)
 	}
 	if s.bus != nil {
-		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: expires, Probe: probe})
+		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires, Probe: probe})
 	}
-	if probe {
+	return nil
+}
+
+// snapshot is p's record now; once p ended, its final one.
+func (p *pending) snapshot() *Record {
+	r := &Record{
+		ID: p.idStr, Owner: p.owner, Requester: p.requester, Key: p.key, Message: p.message,
+		Description: p.description, Created: p.created, Expires: p.expires, Status: StatusPending, Async: p.async,
+	}
+	select {
+	case <-p.ended:
+	default:
+		return r
+	}
+	r.Completed = p.completed
+	r.Status = statusOf(p.out.err)
+	r.Signature = p.out.sig
+	var re *RejectedError
+	if errors.As(p.out.err, &re) {
+		r.Reason = re.Reason
+	}
+	return r
+}
+
+// Get returns owner's request resource id. With wait, a pending one is
+// waited for until it ends, wait passes or ctx is done (a long poll).
+// ErrNotFound when it is unknown, forgotten or another owner's.
+func (s *Service) Get(ctx context.Context, owner, id string, wait time.Duration) (*Record, error) {
+	uid, err := uuid.Parse(id)
+	if err != nil {
+		return nil, ErrNotFound
+	}
+	r := s.res.get(owner, uid)
+	if r == nil {
+		return nil, ErrNotFound
+	}
+	p, rec := s.res.state(r)
+	if rec != nil {
+		return rec, nil
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
 		select {
-		case held := <-p.probe:
-			if !held && s.notHeld(p) {
-				return (<-p.done).result(p)
-			}
-		case o := <-p.done:
-			return o.result(p)
+		case <-p.ended:
+		case <-t.C:
 		case <-ctx.Done():
 		}
 	}
-
-	select {
-	case o := <-p.done:
-		return o.result(p)
-	case <-ctx.Done():
-	}
-	err, reason := ErrRequesterGone, protocol.CancelRequesterGone
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		err, reason = ErrTimeout, protocol.CancelTimeout
-	}
-	s.finish(p, outcome{err: err}, reason, nil)
-	// Whoever finished first filled done: an answer that raced the deadline wins.
-	return (<-p.done).result(p)
+	return p.snapshot(), nil
 }
 
-func (o outcome) result(p *pending) (*Result, error) {
-	if o.err != nil {
-		return nil, o.err
+// Cancel ends owner's pending request resource id as cancelled: its
+// recipients get sign_cancel "cancelled" and its waiters ErrCancelled.
+// Cancelling a cancelled request again returns it; one that ended
+// otherwise is ErrNotPending (with its record), an unknown one
+// ErrNotFound.
+func (s *Service) Cancel(owner, id string) (*Record, error) {
+	uid, err := uuid.Parse(id)
+	if err != nil {
+		return nil, ErrNotFound
 	}
-	return &Result{RequestID: p.idStr, Signature: o.sig}, nil
+	r := s.res.get(owner, uid)
+	if r == nil {
+		return nil, ErrNotFound
+	}
+	p, rec := s.res.state(r)
+	if rec == nil {
+		s.finish(p, outcome{err: ErrCancelled}, protocol.CancelCancelled, nil)
+		<-p.ended
+		rec = p.snapshot()
+	}
+	if rec.Status != StatusCancelled {
+		return rec, ErrNotPending
+	}
+	return rec, nil
 }
 
 func (kp *keyPending) push(p *pending) {
@@ -358,7 +579,8 @@ func (kp *keyPending) remove(p *pending) {
 }
 
 // finish ends p once: it records the outcome, removes p from the pending
-// set and sends sign_cancel with reason to every recipient but except.
+// set and sends sign_cancel with reason to every recipient but except. It
+// is the one transition out of pending, whatever ends a request.
 func (s *Service) finish(p *pending, o outcome, reason string, except registry.Holder) bool {
 	sh := s.shardOf(p.key)
 	sh.mu.Lock()
@@ -368,6 +590,11 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 	}
 	p.finished = true
 	p.endReason = reason
+	p.out = o
+	p.completed = time.Now()
+	if p.timer != nil {
+		p.timer.Stop()
+	}
 	if kp := sh.byKey[p.key]; kp != nil {
 		kp.remove(p)
 		if kp.n == 0 {
@@ -387,8 +614,16 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 	sh.mu.Unlock()
 	s.budget.give(p.owner, len(p.message))
 
-	p.done <- o
-	if s.pending.Add(-1) == 0 && s.closing.Load() {
+	close(p.ended)
+	if p.res != nil {
+		if errors.Is(o.err, ErrNotConnected) { // never made (cluster-wide 404)
+			s.res.drop(p.res)
+		} else {
+			s.res.end(p.res, p.snapshot())
+		}
+	}
+	s.pending.Add(-1)
+	if !p.async && s.blocking.Add(-1) == 0 && s.closing.Load() {
 		select {
 		case s.drained <- struct{}{}:
 		default:
@@ -618,14 +853,16 @@ func (s *Service) endExhausted(p *pending, except registry.Holder) {
 func (s *Service) Pending() int { return int(s.pending.Load()) }
 
 // Drain stops new requests (they get ErrShuttingDown) and waits until the
-// pending ones have ended or ctx is done. It reports whether all ended.
+// pending blocking ones have ended or ctx is done, and reports whether all
+// did. Asynchronous requests have nobody waiting on this node's answer:
+// Close ends them.
 func (s *Service) Drain(ctx context.Context) bool {
 	s.closing.Store(true)
-	for s.pending.Load() > 0 {
+	for s.blocking.Load() > 0 {
 		select {
 		case <-s.drained:
 		case <-ctx.Done():
-			return s.pending.Load() == 0
+			return s.blocking.Load() == 0
 		}
 	}
 	return true

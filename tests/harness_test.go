@@ -54,7 +54,7 @@ func startRelay(t *testing.T, mutate func(*config.Config)) *relay {
 func testConfig(mutate func(*config.Config)) config.Config {
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
-	cfg.APIKeys = []string{testAPIKey}
+	cfg.APIKeys = config.BareKeys(testAPIKey)
 	cfg.RateLimits.Enabled = false
 	cfg.ShutdownGrace = config.Duration(2 * time.Second)
 	if mutate != nil {

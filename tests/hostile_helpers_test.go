@@ -29,7 +29,7 @@ func hostile(c *config.Config) {
 	c.ShutdownGrace = config.Duration(100 * time.Millisecond)
 }
 
-func twoAPIKeys(c *config.Config) { c.APIKeys = []string{testAPIKey, secondAPIKey} }
+func twoAPIKeys(c *config.Config) { c.APIKeys = config.BareKeys(testAPIKey, secondAPIKey) }
 
 // postKey sends POST /sign with apiKey as the bearer token.
 func (r *relay) postKey(apiKey string, body []byte) signResp {

@@ -48,7 +48,7 @@ func TestRateLimitPerAPIKey(t *testing.T) {
 	const otherKey = "second-api-key-0123456789abcdef"
 	r := startRelay(t, func(c *config.Config) {
 		withLimits(frozen(2), ample, ample)(c)
-		c.APIKeys = []string{testAPIKey, otherKey}
+		c.APIKeys = config.BareKeys(testAPIKey, otherKey)
 	})
 	pub, _ := newKey(t)
 	body := signBody(pub, []byte("x"), nil)

@@ -21,7 +21,7 @@ func startSmokeRelay(t *testing.T, mutate ...func(*config.Config)) string {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
-	cfg.APIKeys = []string{smokeKey}
+	cfg.APIKeys = config.BareKeys(smokeKey)
 	cfg.RateLimits.Enabled = false
 	cfg.ShutdownGrace = config.Duration(time.Second)
 	for _, m := range mutate {
