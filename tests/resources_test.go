@@ -493,7 +493,9 @@ func testIdempotentConcurrentRetries(t *testing.T, d deploy) {
 	h.noMore(protocol.TypeSignRequest)
 }
 
-func TestIdempotentConcurrentRetries(t *testing.T) { testIdempotentConcurrentRetries(t, oneNode(t, nil)) }
+func TestIdempotentConcurrentRetries(t *testing.T) {
+	testIdempotentConcurrentRetries(t, oneNode(t, nil))
+}
 
 func testIdempotencyNothingRecordedOnEarlyFailure(t *testing.T, d deploy) {
 	pub, priv := newKey(t)
