@@ -41,6 +41,9 @@
 //			func(ctx context.Context, req signer.Request) signer.Decision {
 //				// A policy decides; a person could be asked instead, as long
 //				// as the wait ends when ctx does.
+//				if req.Requester != "billing" {
+//					return signer.Decision{Reason: "only the billing service may ask"}
+//				}
 //				if !bytes.HasPrefix(req.Message, []byte("invoice:")) {
 //					return signer.Decision{Reason: "only invoices are signed here"}
 //				}
@@ -56,11 +59,21 @@
 //
 // # What the relay may do, and what the client guarantees
 //
+//   - Each request says who asks: [Request.Requester] is the name of the
+//     API key the backend used ("billing"), set by the relay from its
+//     configuration, or "" for a key without a name. The Description is the
+//     backend's own free text.
 //   - A request ends without this side's answer when it times out, is
-//     answered by another connection of the same key, its backend goes away
-//     or the relay shuts down: the relay sends sign_cancel, which cancels
-//     the request's context ([Request.Context], [Request.CancelReason]) and
-//     is reported on [Session.Cancels].
+//     answered by another connection of the same key, its backend goes away,
+//     its backend cancels it (DELETE /sign/{id}, reason "cancelled") or the
+//     relay shuts down: the relay sends sign_cancel, which cancels the
+//     request's context ([Request.Context], [Request.CancelReason],
+//     [CancelError.ByRequester]) and is reported on [Session.Cancels].
+//   - A request may be made before this side connects (a backend's
+//     "wait_for_holder"), and an asynchronous one may wait minutes: the
+//     relay delivers what is pending for the key right after the
+//     introduction, so the first requests of a fresh session can be old
+//     ones, with [Request.ExpiresAt] as the relay set it.
 //   - Answers the relay refuses (a request no longer pending, say) come
 //     back as [RelayError] values on [Session.Errors]; the connection stays.
 //   - When the connection ends, [Session.Err] is a [*CloseError] with the

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/signrelay/signrelay/protocol"
 )
 
 // ErrClosed is a Session's Err after its own Close, and what its methods
@@ -28,16 +30,35 @@ var ErrProtocol = errors.New("signer: relay broke the protocol")
 
 // CancelError is the cause of a request's context when the relay sent
 // sign_cancel for it. Reason is one of protocol.Cancel* ("timeout",
-// "answered_elsewhere", "requester_gone", "shutdown") or a newer one.
+// "answered_elsewhere", "requester_gone", "shutdown", "cancelled") or a
+// newer one, which is passed on as the relay sent it.
 type CancelError struct {
 	RequestID string
 	Reason    string
 }
 
-// Error names the request and the relay's reason.
+// cancelReasonText says in words what each reason of the contract means.
+var cancelReasonText = map[string]string{
+	protocol.CancelTimeout:           "no answer before its deadline",
+	protocol.CancelAnsweredElsewhere: "another connection of the key answered it",
+	protocol.CancelRequesterGone:     "the backend that asked went away",
+	protocol.CancelShutdown:          "the relay is shutting down",
+	protocol.CancelCancelled:         "the backend that asked cancelled it",
+}
+
+// Error names the request and the relay's reason, with what a known
+// reason means.
 func (e *CancelError) Error() string {
+	if text, ok := cancelReasonText[e.Reason]; ok {
+		return fmt.Sprintf("signer: request %s cancelled by the relay (%s: %s)", e.RequestID, e.Reason, text)
+	}
 	return fmt.Sprintf("signer: request %s cancelled by the relay (%s)", e.RequestID, e.Reason)
 }
+
+// ByRequester reports whether the backend that asked took the request
+// back (reason "cancelled", DELETE /sign/{id}), as opposed to the relay
+// ending it.
+func (e *CancelError) ByRequester() bool { return e.Reason == protocol.CancelCancelled }
 
 // CloseError says why a session's connection ended when it was not this
 // side's Close: Code is the WebSocket close code the relay sent (1001 relay

@@ -29,6 +29,11 @@ func ExampleRun() {
 
 	err = signer.Run(ctx, "wss://relay.example.com/ws", key,
 		func(ctx context.Context, req signer.Request) signer.Decision {
+			// Requester is the name of the relay's API key that asks
+			// ({name: billing, key: ...} in its api_keys), never the key.
+			if req.Requester != "billing" {
+				return signer.Decision{Reason: "only the billing service may ask"}
+			}
 			if !bytes.HasPrefix(req.Message, []byte("invoice:")) {
 				return signer.Decision{Reason: "only invoices are signed here"}
 			}
@@ -64,9 +69,15 @@ func ExampleDial() {
 	defer s.Close()
 
 	for req := range s.Requests() {
-		fmt.Printf("%s wants %q signed (%s)\n", req.ID, req.Message, req.Description)
+		who := req.Requester
+		if who == "" {
+			who = "a backend" // the relay's API key has no name
+		}
+		fmt.Printf("%s asks to sign %q (%s), request %s\n", who, req.Message, req.Description, req.ID)
 		if err := s.Approve(context.Background(), req.ID); err != nil {
-			log.Print(err) // for example ErrNotPending: cancelled meanwhile
+			// ErrNotPending: cancelled meanwhile, for example by the
+			// backend itself (req.CancelReason() == "cancelled").
+			log.Print(err)
 		}
 	}
 	log.Printf("session ended: %v", s.Err())

@@ -152,6 +152,55 @@ func TestRunHandlerDecisions(t *testing.T) {
 	}
 }
 
+// The handler sees who asks, and a request its backend takes back ends the
+// handler's ctx with the cause "cancelled".
+func TestRunRequesterAndCancelByRequester(t *testing.T) {
+	checkGoroutines(t)
+	f := newRelay(t, relayConfig{})
+	type seen struct {
+		id, requester string
+		expires       time.Time
+	}
+	got := make(chan seen, 4)
+	causes := make(chan error, 4)
+	handler := func(ctx context.Context, req Request) Decision {
+		got <- seen{req.ID, req.Requester, req.ExpiresAt}
+		if req.Requester != "billing" {
+			return Decision{Reason: "only billing may ask"}
+		}
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return Decision{Approve: true} // too late: must not be sent
+	}
+	_, _ = runInBackground(t, context.Background(), f, newKey(t), handler, &Options{})
+	rc := f.next()
+
+	id := newID()
+	expires := time.Now().Add(10 * time.Minute).UTC().Truncate(time.Millisecond)
+	rc.send(protocol.EncodeSignRequest(id, []byte("invoice:9"), "March", "billing", expires))
+	if s := wait(t, got, "handler call"); s.id != id || s.requester != "billing" || !s.expires.Equal(expires) {
+		t.Fatalf("handler got %+v, want %s from billing expiring %v", s, id, expires)
+	}
+	rc.send(protocol.EncodeSignCancel(id, protocol.CancelCancelled))
+	var ce *CancelError
+	if cause := wait(t, causes, "handler cancellation"); !errors.As(cause, &ce) || !ce.ByRequester() || ce.Reason != protocol.CancelCancelled {
+		t.Fatalf("handler ctx cause = %v, want *CancelError cancelled", cause)
+	}
+
+	bare := rc.request([]byte("invoice:10"), "")
+	if s := wait(t, got, "handler call"); s.id != bare || s.requester != "" {
+		t.Fatalf("handler got %+v, want %s with no requester", s, bare)
+	}
+	if fr := rc.nextFrame(); fr["type"] != protocol.TypeSignReject || fr["request_id"] != bare || fr["reason"] != "only billing may ask" {
+		t.Fatalf("holder sent %v, want sign_reject of the bare key's request", fr)
+	}
+	select {
+	case data := <-rc.frames:
+		t.Errorf("holder answered the cancelled request: %s", data)
+	default:
+	}
+}
+
 func TestRunBoundsConcurrency(t *testing.T) {
 	checkGoroutines(t)
 	f := newRelay(t, relayConfig{})

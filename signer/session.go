@@ -117,11 +117,16 @@ func (o *DialOptions) withDefaults() DialOptions {
 // Request is one sign_request to answer with Session.Approve or
 // Session.Reject. Message and Description come from the backend that asked,
 // through the relay: show them, but treat them as untrusted input.
+// Requester is the relay's word for who asks: the name of the API key the
+// backend used (from the relay's configuration, never the key itself), or
+// "" when that key has no name. A policy may decide by it, since only the
+// relay sets it.
 type Request struct {
 	ID          string    // the relay's request_id
 	Message     []byte    // the bytes to sign; the caller's own copy
 	Description string    // the backend's free text, may be empty
-	ExpiresAt   time.Time // when the relay gives up (relay's clock)
+	Requester   string    // name of the API key that asks, "" for a bare key
+	ExpiresAt   time.Time // when the relay gives up (relay's clock); asynchronous requests may be minutes away
 
 	ctx context.Context
 }
@@ -138,8 +143,9 @@ func (r Request) Context() context.Context {
 }
 
 // CancelReason is the relay's sign_cancel reason once it cancelled this
-// request ("timeout", "answered_elsewhere", "requester_gone", "shutdown"),
-// and "" otherwise.
+// request ("timeout", "answered_elsewhere", "requester_gone", "shutdown",
+// or "cancelled" when the backend took it back with DELETE /sign/{id}; see
+// the protocol.Cancel* constants), and "" otherwise.
 func (r Request) CancelReason() string {
 	var ce *CancelError
 	if r.ctx != nil && errors.As(context.Cause(r.ctx), &ce) {
@@ -759,6 +765,7 @@ func (s *Session) onRequest(data []byte) bool {
 		ID:          r.RequestID,
 		Message:     bytes.Clone(r.Message),
 		Description: r.Description,
+		Requester:   r.Requester,
 		ExpiresAt:   exp,
 		ctx:         ctx,
 	}

@@ -86,8 +86,8 @@ func TestDialIntroducesAndApproves(t *testing.T) {
 	rc.send(protocol.EncodeSignRequest(id, msg, "pay Bob", "billing", expires))
 
 	req := nextRequest(t, s)
-	if req.ID != id || !bytes.Equal(req.Message, msg) || req.Description != "pay Bob" || !req.ExpiresAt.Equal(expires) {
-		t.Fatalf("request = %+v, want id %s message %q description %q expires %v", req, id, msg, "pay Bob", expires)
+	if req.ID != id || !bytes.Equal(req.Message, msg) || req.Description != "pay Bob" || req.Requester != "billing" || !req.ExpiresAt.Equal(expires) {
+		t.Fatalf("request = %+v, want id %s message %q description %q requester billing expires %v", req, id, msg, "pay Bob", expires)
 	}
 	req.Message[0] = 'X' // the caller's copy: must not change what is signed
 	if err := s.Approve(context.Background(), req.ID); err != nil {
@@ -125,6 +125,9 @@ func TestReject(t *testing.T) {
 
 	id := rc.request([]byte("transfer 1000"), "")
 	req := nextRequest(t, s)
+	if req.Requester != "" {
+		t.Errorf("Requester = %q for a request of a bare API key, want empty", req.Requester)
+	}
 	if err := s.Reject(context.Background(), req.ID, "not today"); err != nil {
 		t.Fatalf("Reject: %v", err)
 	}
@@ -172,6 +175,59 @@ func TestSignCancelCancelsRequest(t *testing.T) {
 	req2 := nextRequest(t, s)
 	if req2.ID != id2 || req2.Context().Err() == nil || req2.CancelReason() != protocol.CancelAnsweredElsewhere {
 		t.Errorf("queued request %s: err %v reason %q, want cancelled answered_elsewhere", req2.ID, req2.Context().Err(), req2.CancelReason())
+	}
+	if errors.As(context.Cause(req2.Context()), &ce) && ce.ByRequester() {
+		t.Errorf("answered_elsewhere counts as cancelled by the requester")
+	}
+}
+
+// A backend that takes its request back (DELETE /sign/{id}) makes the relay
+// send sign_cancel "cancelled": known, told apart from the relay's reasons.
+func TestSignCancelByRequester(t *testing.T) {
+	checkGoroutines(t)
+	f := newRelay(t, relayConfig{})
+	s, rc := dial(t, f, newKey(t), nil)
+
+	id := newID()
+	// An asynchronous request: ten minutes to its deadline.
+	expires := time.Now().Add(10 * time.Minute).UTC().Truncate(time.Millisecond)
+	rc.send(protocol.EncodeSignRequest(id, []byte("invoice:7"), "", "billing", expires))
+	req := nextRequest(t, s)
+	if req.Requester != "billing" || !req.ExpiresAt.Equal(expires) {
+		t.Fatalf("request = %+v, want requester billing expiring %v", req, expires)
+	}
+	rc.send(protocol.EncodeSignCancel(id, protocol.CancelCancelled))
+
+	wait(t, req.Context().Done(), "request context to be cancelled")
+	var ce *CancelError
+	if !errors.As(context.Cause(req.Context()), &ce) || ce.RequestID != id || ce.Reason != protocol.CancelCancelled {
+		t.Fatalf("cause = %v, want *CancelError{%s, cancelled}", context.Cause(req.Context()), id)
+	}
+	if !ce.ByRequester() {
+		t.Error("ByRequester = false for reason cancelled")
+	}
+	if got, want := ce.Error(), "signer: request "+id+" cancelled by the relay (cancelled: the backend that asked cancelled it)"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	if req.CancelReason() != protocol.CancelCancelled {
+		t.Errorf("CancelReason = %q, want cancelled", req.CancelReason())
+	}
+	if c := wait(t, s.Cancels(), "Cancels"); c != (Cancel{RequestID: id, Reason: protocol.CancelCancelled}) {
+		t.Errorf("Cancels gave %+v", c)
+	}
+	if err := s.Approve(context.Background(), id); !errors.Is(err, ErrNotPending) {
+		t.Errorf("Approve after a cancel by the requester = %v, want ErrNotPending", err)
+	}
+
+	// A reason from a newer relay is passed on as it came.
+	id2 := rc.request([]byte("b"), "")
+	nextRequest(t, s)
+	rc.send(protocol.EncodeSignCancel(id2, "moved_to_the_moon"))
+	if c := wait(t, s.Cancels(), "second cancel"); c.Reason != "moved_to_the_moon" {
+		t.Errorf("Cancels gave %+v", c)
+	}
+	if got := (&CancelError{RequestID: id2, Reason: "moved_to_the_moon"}).Error(); got != "signer: request "+id2+" cancelled by the relay (moved_to_the_moon)" {
+		t.Errorf("Error() of an unknown reason = %q", got)
 	}
 }
 

@@ -16,24 +16,22 @@ import {
   renderMessage,
 } from "./relay-client.js";
 import { forgetKey, keystoreAvailable, loadKey, loadOrStoreKey, replaceKey } from "./keystore.js";
-import { displayText, hiddenCharWarning, isolatedText, renderInto } from "./display.js";
+import {
+  countdownText,
+  describeCancel,
+  displayText,
+  hiddenCharWarning,
+  isolatedText,
+  renderInto,
+  requestLabel,
+  requesterParts,
+} from "./display.js";
 
 const HISTORY_LIMIT = 20;
 const NOTICE_LIMIT = 4;
 const KEY_CHANNEL = "signrelay-key";
 
 const $ = (id) => document.getElementById(id);
-
-const CANCEL_REASONS = {
-  timeout: { text: "it timed out", outcome: "timed out" },
-  answered_elsewhere: { text: "it was answered in another tab or device", outcome: "answered elsewhere" },
-  requester_gone: { text: "the requester went away", outcome: "requester gone" },
-  shutdown: { text: "the relay is shutting down", outcome: "relay shut down" },
-  disconnected: {
-    text: "the connection to the relay was lost; it comes back once reconnected if it is still waiting",
-    outcome: null, // not an outcome: the relay redelivers it
-  },
-};
 
 const UNSUPPORTED_TEXT = {
   "insecure-context":
@@ -359,7 +357,8 @@ function addRequestCard({ requestId, message, description, requester = "", expir
   card.dataset.requestId = requestId;
   card.requestInfo = {
     description,
-    label: description ? ["“", { relay: description }, "”"] : ["A request with no description"],
+    requester,
+    label: requestLabel({ description, requester }),
     preview: preview(rendered),
     expiresAt,
   };
@@ -375,13 +374,18 @@ function addRequestCard({ requestId, message, description, requester = "", expir
   heading.classList.toggle("card-title-empty", !description);
   card.querySelector("article").setAttribute("aria-labelledby", heading.id);
 
+  // Who asks: the name of the relay's API key, relay text in a <bdi> inside
+  // the page's sentence ("billing asks you to sign"). A key without a name
+  // shows no line.
   const from = card.querySelector(".card-requester");
-  if (requester) {
-    hidden.requester = renderInto(from.querySelector(".relay-text"), requester);
+  const fromParts = requesterParts(requester);
+  if (fromParts.length) {
+    hidden.requester = appendParts(from, fromParts);
+    from.id = `${idBase}-requester`;
     from.hidden = false;
   }
 
-  const describedBy = [heading.id];
+  const describedBy = fromParts.length ? [heading.id, from.id] : [heading.id];
   const warningText = hiddenCharWarning(hidden);
   if (warningText) {
     const warning = card.querySelector(".card-warning");
@@ -399,8 +403,11 @@ function addRequestCard({ requestId, message, description, requester = "", expir
     `${rendered.kind === "hex" ? "hex (not printable text)" : "UTF-8 text"}, ${formatByteCount(rendered.byteLength)}`;
   appendParts(card.querySelector(".request-id"), ["Request ", { relay: requestId }]);
 
+  // Asynchronous requests may have many minutes left: the countdown shows
+  // minutes and seconds, and the deadline itself on hover.
   const countdown = card.querySelector(".countdown");
   countdown.dataset.expires = String(expiresAt.getTime());
+  countdown.title = `Expires at ${expiresAt.toLocaleString()}`;
   updateCountdown(countdown);
 
   const approve = card.querySelector('[data-testid="approve"]');
@@ -413,7 +420,8 @@ function addRequestCard({ requestId, message, description, requester = "", expir
   $("requests").append(card);
   updateRequestCount();
   const said = description ? displayText(description) : "No description";
-  announce(`New sign request: ${said}.${warningText ? ` ${warningText}` : ""}`);
+  const who = requester ? ` from ${displayText(requester)}` : "";
+  announce(`New sign request${who}: ${said}.${warningText ? ` ${warningText}` : ""}`);
 }
 
 function preview(rendered) {
@@ -443,11 +451,11 @@ async function answer(card, action) {
 function onCancel({ requestId, reason }) {
   const card = findCard(requestId);
   if (!card) return;
-  const known = Object.hasOwn(CANCEL_REASONS, reason) ? CANCEL_REASONS[reason] : null;
-  const why = known || { text: ["the relay cancelled it (", { relay: reason }, ")"], outcome: reason };
+  // "cancelled": the backend took the request back (DELETE /sign/{id}),
+  // told apart from a timeout, an answer elsewhere and a backend gone away.
+  const why = describeCancel(reason);
   if (why.outcome) addHistory(card.requestInfo, why.outcome);
-  const whyText = Array.isArray(why.text) ? why.text : [why.text];
-  addNotice([...card.requestInfo.label, " was removed: ", ...whyText, "."], reason === "disconnected" ? "warn" : "info", reason);
+  addNotice([...card.requestInfo.label, " was removed: ", ...why.text, "."], why.kind, reason);
   removeCard(card);
 }
 
@@ -493,17 +501,9 @@ function tick() {
 }
 
 function updateCountdown(el) {
-  const left = Number(el.dataset.expires) - Date.now();
-  const text = left > 0 ? `Expires in ${formatDuration(left)}` : "Expiring…";
+  const { text, soon } = countdownText(Number(el.dataset.expires) - Date.now());
   if (el.textContent !== text) el.textContent = text;
-  el.classList.toggle("countdown-soon", left < 10000);
-}
-
-function formatDuration(ms) {
-  const total = Math.ceil(ms / 1000);
-  const m = Math.floor(total / 60);
-  const s = total % 60;
-  return m > 0 ? `${m} min ${String(s).padStart(2, "0")} s` : `${s} s`;
+  el.classList.toggle("countdown-soon", soon);
 }
 
 // ---------------------------------------------------------------------------
@@ -529,7 +529,7 @@ function addHistory(info, outcome) {
   else title.textContent = "No description";
   const detail = document.createElement("span");
   detail.className = "history-preview muted";
-  detail.textContent = info.preview;
+  appendParts(detail, info.requester ? ["from ", { relay: info.requester }, ` \u00B7 ${info.preview}`] : [info.preview]);
 
   item.append(time, badge, title, detail);
   const list = $("history");

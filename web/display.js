@@ -11,9 +11,11 @@
 // browser to interpret. Variation selectors are left alone: they only pick a
 // glyph style (text or emoji) of the character before them.
 //
-// The pure part (splitHidden, displayText, hiddenCharWarning) has no DOM use,
-// so unit tests import it in Node; renderInto builds DOM nodes (text nodes and
-// spans, never HTML parsing).
+// The pure part (splitHidden, displayText, hiddenCharWarning, and the card's
+// words at the end: requesterParts, requestLabel, formatDuration,
+// countdownText, describeCancel) has no DOM use, so unit tests import it in
+// Node; renderInto and isolatedText build DOM nodes (text nodes and spans,
+// never HTML parsing).
 
 // Characters a person cannot see or that alter how other text is shown:
 // controls (Cc), format characters (Cf, which holds every bidi control, the
@@ -219,4 +221,93 @@ export function hiddenCharWarning({ description = 0, requester = 0 } = {}) {
   if (description) return `This description contains ${what(description)}${tail}`;
   if (requester) return `The requester name contains ${what(requester)}${tail}`;
   return "";
+}
+
+// ---------------------------------------------------------------------------
+// The card's words: who asks, how long is left, why a request went away.
+// Pure, like the functions above; the page puts the parts in with its
+// appendParts, where {relay: text} goes through isolatedText.
+
+/**
+ * The line of a card that says who asks: the requester is the name of the
+ * API key the backend used, set by the relay ("billing asks you to sign").
+ * A key without a name has none: [] then, and the line is not shown.
+ * @param {string} requester
+ * @returns {Array<string | {relay: string}>}
+ */
+export function requesterParts(requester) {
+  if (typeof requester !== "string" || requester === "") return [];
+  return [{ relay: requester }, " asks you to sign"];
+}
+
+/**
+ * How a card names its request in notices: the description in quotes, and
+ * who asked when the relay named them.
+ * @param {{description?: string, requester?: string}} request
+ * @returns {Array<string | {relay: string}>}
+ */
+export function requestLabel({ description = "", requester = "" } = {}) {
+  const what = description ? ["\u201C", { relay: description }, "\u201D"] : ["A request with no description"];
+  return requester ? [...what, " from ", { relay: requester }] : what;
+}
+
+/**
+ * Time left, rounded up to the whole second: "42 s", "9 min 05 s", and from
+ * an hour on "1 h 05 min" (asynchronous requests may wait up to the relay's
+ * sign.max_async_timeout, ten minutes by default and possibly hours).
+ * @param {number} ms
+ */
+export function formatDuration(ms) {
+  const total = Number.isFinite(ms) ? Math.max(0, Math.ceil(ms / 1000)) : 0;
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = total % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  if (h > 0) return `${h} h ${pad(m)} min`;
+  if (m > 0) return `${m} min ${pad(s)} s`;
+  return `${s} s`;
+}
+
+/** Below this much time left a countdown is shown as urgent. */
+export const COUNTDOWN_SOON_MS = 10_000;
+
+/**
+ * The countdown of a card, `msLeft` before its deadline.
+ * @returns {{text: string, soon: boolean}}
+ */
+export function countdownText(msLeft) {
+  if (!(msLeft > 0)) return { text: "Expiring\u2026", soon: true };
+  return { text: `Expires in ${formatDuration(msLeft)}`, soon: msLeft < COUNTDOWN_SOON_MS };
+}
+
+// Why a request went away without this tab's answer, by the relay's
+// sign_cancel reason (and the client's own "disconnected"): the words of the
+// notice, and the outcome listed in the history (null: not an outcome,
+// since the relay redelivers it).
+const CANCEL_WORDS = {
+  timeout: { text: "it timed out", outcome: "timed out", kind: "info" },
+  answered_elsewhere: { text: "it was answered in another tab or device", outcome: "answered elsewhere", kind: "info" },
+  requester_gone: { text: "the requester went away", outcome: "requester gone", kind: "info" },
+  cancelled: { text: "it was cancelled by the requester", outcome: "cancelled by the requester", kind: "info" },
+  shutdown: { text: "the relay is shutting down", outcome: "relay shut down", kind: "info" },
+  disconnected: {
+    text: "the connection to the relay was lost; it comes back once reconnected if it is still waiting",
+    outcome: null,
+    kind: "warn",
+  },
+};
+
+/**
+ * What the page says when a request is cancelled with `reason`. A reason
+ * this page does not know (a newer relay's) is relay text, shown as such.
+ * @param {string} reason
+ * @returns {{text: Array<string | {relay: string}>, outcome: string | null, kind: "info" | "warn"}}
+ */
+export function describeCancel(reason) {
+  if (Object.hasOwn(CANCEL_WORDS, reason)) {
+    const { text, outcome, kind } = CANCEL_WORDS[reason];
+    return { text: [text], outcome, kind };
+  }
+  const shown = typeof reason === "string" ? reason : String(reason ?? "");
+  return { text: ["the relay cancelled it (", { relay: shown }, ")"], outcome: shown || "cancelled", kind: "info" };
 }

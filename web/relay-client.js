@@ -1,4 +1,4 @@
-// Key-holder client for the signing relay (wire contract v1, see PROTOCOL.md).
+// Key-holder client for the signing relay (wire contract v1.1, see PROTOCOL.md).
 //
 // A plain ES module with no DOM use and no dependencies, so it runs unchanged
 // in browsers and in Node 20+. It needs only globalThis.crypto.subtle (with
@@ -10,6 +10,23 @@ export const INTRODUCTION_CONTEXT = "signing-relay/v1/introduction:";
 
 /** Close code the relay uses when an introduction fails. */
 export const CLOSE_INTRODUCTION_FAILED = 4401;
+
+/**
+ * The reasons of the relay's sign_cancel in the contract: the request timed
+ * out, another connection of the key answered it, the backend's call went
+ * away, the relay is shutting down, or the backend took the request back
+ * (DELETE /sign/{id}). A newer relay may send others; they are passed on.
+ */
+export const RELAY_CANCEL_REASONS = Object.freeze([
+  "timeout",
+  "answered_elsewhere",
+  "requester_gone",
+  "shutdown",
+  "cancelled",
+]);
+
+/** The cancel reason this client gives when it lost its own connection. */
+export const CANCEL_DISCONNECTED = "disconnected";
 
 const NONCE_SIZE = 32;
 const PUBLIC_KEY_SIZE = 32;
@@ -324,10 +341,14 @@ const DEFAULT_INTRODUCTION_TIMEOUT_MS = 20000;
  *              {state: "rejected", reason}
  *              {state: "closed"}
  * - "request": {requestId, message, description, requester, expiresAt}
- *              (requester is "" unless the relay names one)
- * - "cancel":  {requestId, reason}  reason is the relay's (timeout,
- *              answered_elsewhere, requester_gone, shutdown) or
- *              "disconnected" when this client lost its connection
+ *              requester is the name of the API key that asks, set by the
+ *              relay ("" for a key without a name); expiresAt may be minutes
+ *              away for an asynchronous request
+ * - "cancel":  {requestId, reason, requester}  reason is the relay's (one of
+ *              RELAY_CANCEL_REASONS: timeout, answered_elsewhere,
+ *              requester_gone, shutdown, cancelled — the backend took it
+ *              back — or a newer one) or "disconnected" when this client
+ *              lost its connection; requester is the request's
  * - "error":   {code, message, requestId?}  error frames from the relay, and
  *              local protocol problems (code "malformed_frame", local: true)
  */
@@ -423,7 +444,7 @@ export class RelayClient extends EventTarget {
     const socket = this.#socket;
     this.#detach();
     if (socket) socket.close(1000, "closed by key holder");
-    this.#dropPending("disconnected");
+    this.#dropPending(CANCEL_DISCONNECTED);
     this.#setState({ state: "closed" });
   }
 
@@ -511,7 +532,7 @@ export class RelayClient extends EventTarget {
     this.#sessionId = null;
     // Requests are tied to the connection that received them: the relay
     // redelivers the ones still pending once this key is introduced again.
-    this.#dropPending("disconnected");
+    this.#dropPending(CANCEL_DISCONNECTED);
     if (this.#stopped) return;
     if (code === CLOSE_INTRODUCTION_FAILED) {
       // The same key would fail the same way again, so retrying on a timer
@@ -624,8 +645,10 @@ export class RelayClient extends EventTarget {
   }
 
   #onSignCancel({ requestId, reason }) {
-    if (!this.#pending.delete(requestId)) return;
-    this.#emit("cancel", { requestId, reason });
+    const req = this.#pending.get(requestId);
+    if (!req) return;
+    this.#pending.delete(requestId);
+    this.#emit("cancel", { requestId, reason, requester: req.requester });
   }
 
   #onError({ code, message, requestId }) {
@@ -653,9 +676,9 @@ export class RelayClient extends EventTarget {
   }
 
   #dropPending(reason) {
-    const ids = [...this.#pending.keys()];
+    const dropped = [...this.#pending.values()];
     this.#pending.clear();
-    for (const requestId of ids) this.#emit("cancel", { requestId, reason });
+    for (const { requestId, requester } of dropped) this.#emit("cancel", { requestId, reason, requester });
   }
 
   #setState(detail) {

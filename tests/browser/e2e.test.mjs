@@ -22,7 +22,10 @@ import { chromium } from "playwright-core";
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const ARTIFACTS = path.join(REPO, "test-artifacts");
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const API_KEY = "e2e-test-key-0123456789abcdef";
+const API_KEY = "e2e-test-key-0123456789abcdef"; // a bare key: no name
+// A named key (contract §B): its requests say "billing asks you to sign".
+const BILLING_KEY = "e2e-billing-key-fedcba9876543210";
+const BILLING = "billing";
 const CHROMIUM_ARGS = [
   "--no-sandbox",
   "--disable-gpu",
@@ -72,7 +75,7 @@ class Relay {
       config,
       [
         `listen: ${listen}`,
-        `api_keys: ["${API_KEY}"]`,
+        `api_keys: ["${API_KEY}", {name: ${BILLING}, key: "${BILLING_KEY}"}]`,
         "rate_limits: { enabled: false }",
         "shutdown_grace: 3s",
         "",
@@ -120,14 +123,29 @@ function withTimeout(promise, what, ms) {
 // ---------------------------------------------------------------------------
 // Backend side: POST /sign as a backend would call it.
 
-/** Starts a POST /sign; the promise resolves to {status, body} when the call ends. */
-function postSign(relay, { publicKey, message, description = "", timeoutMs }) {
+/**
+ * Starts a POST /sign; the promise resolves to {status, body, location} when
+ * the call ends (at once for `wait: false`, with 202 and a Location).
+ */
+function postSign(relay, { publicKey, message, description = "", timeoutMs, apiKey = API_KEY, wait, waitForHolder }) {
   const body = { public_key: publicKey, message: Buffer.from(message).toString("base64"), description };
   if (timeoutMs !== undefined) body.timeout_ms = timeoutMs;
+  if (wait !== undefined) body.wait = wait;
+  if (waitForHolder !== undefined) body.wait_for_holder = waitForHolder;
   return fetch(`${relay.url}/sign`, {
     method: "POST",
-    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
     body: JSON.stringify(body),
+    signal: AbortSignal.timeout(70_000),
+  }).then(async (res) => ({ status: res.status, body: await res.json(), location: res.headers.get("location") }));
+}
+
+/** GET or DELETE of a request resource (contract §C), as the API key that made it. */
+function signResource(relay, location, { method = "GET", apiKey = API_KEY, waitMs } = {}) {
+  const query = waitMs === undefined ? "" : `?wait_ms=${waitMs}`;
+  return fetch(`${relay.url}${location}${query}`, {
+    method,
+    headers: { authorization: `Bearer ${apiKey}` },
     signal: AbortSignal.timeout(70_000),
   }).then(async (res) => ({ status: res.status, body: await res.json() }));
 }
@@ -569,9 +587,10 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
   test("a requester name, relay messages and right-to-left descriptions get the same treatment", { timeout: TEST_MS }, async () => {
     const own = await browser.newContext({ viewport: { width: 1024, height: 900 } });
     try {
-      // The relay does not send `requester` yet; this tab's WebSocket adds
-      // one to each sign_request on its way from the relay, and sends an
-      // error frame for the request, as a relay with such fields would.
+      // The relay only accepts API key names of letters, digits, "-", "_",
+      // "." and space; this tab's WebSocket stands in for a hostile or
+      // broken relay by replacing the requester of each sign_request on its
+      // way from the relay, and sends an error frame for the request.
       let toPage;
       await own.routeWebSocket(/\/ws$/, (ws) => {
         const server = ws.connectToServer();
@@ -596,7 +615,7 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
 
       const from = c.locator(sel("request-requester"));
       assert.ok(await from.isVisible());
-      assert.equal(await from.textContent(), "Requested by billing⟨U+202E⟩txe.exe");
+      assert.equal(await from.textContent(), "billing⟨U+202E⟩txe.exe asks you to sign");
       assert.equal(await from.locator("bdi span.ctrl").count(), 1);
       assert.equal(
         await c.locator(sel("hidden-chars-warning")).textContent(),
@@ -626,6 +645,164 @@ describe("browser key holder against a real relay", { timeout: 600_000 }, () => 
       await c.locator(sel("reject")).click();
       const res = await pending;
       assert.equal(res.status, 403, JSON.stringify(res.body));
+    } finally {
+      await own.close();
+    }
+  });
+
+  test("a request of a named API key says who asks; a bare key's names nobody", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(await mainPage());
+    const message = new TextEncoder().encode("invoice 2026-117: 480 EUR");
+    const named = postSign(relay, { publicKey, message, description: "Invoice 2026-117", apiKey: BILLING_KEY });
+    const bare = postSign(relay, { publicKey, message: new TextEncoder().encode("bare"), description: "From a bare key" });
+
+    const c = card(page, "Invoice 2026-117");
+    await c.waitFor();
+    const from = c.locator(sel("request-requester"));
+    assert.ok(await from.isVisible(), "the requester line is shown");
+    assert.equal(await from.textContent(), "billing asks you to sign");
+    // The name is relay text: in its own <bdi>, through the safe rendering.
+    assert.equal(await from.locator("bdi.relay-text").textContent(), BILLING);
+    assert.equal(await c.locator(sel("hidden-chars-warning")).isVisible(), false);
+    assert.match(await c.locator(sel("approve")).getAttribute("aria-describedby"), /-requester\b/);
+
+    const b = card(page, "From a bare key");
+    await b.waitFor();
+    assert.equal(await b.locator(sel("request-requester")).isVisible(), false, "a bare key shows no name");
+    assert.equal(await b.locator(sel("request-requester")).textContent(), "");
+    await c.scrollIntoViewIfNeeded();
+    await c.screenshot({ path: path.join(ARTIFACTS, "16-requester-card.png") });
+
+    await c.locator(sel("approve")).click();
+    const res = await named;
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.ok(await verifyEd25519(publicKey, message, res.body.signature));
+    const item = page.locator(`${sel("history-item")}[data-outcome="signed"]`, { hasText: "Invoice 2026-117" });
+    assert.match(await item.locator(".history-preview").textContent(), /^from billing · /);
+
+    await b.locator(sel("reject")).click();
+    assert.equal((await bare).status, 403);
+  });
+
+  test("DELETE of an asynchronous request shows it cancelled by the requester", { timeout: TEST_MS }, async () => {
+    const publicKey = await shownPublicKey(await mainPage());
+    const made = await postSign(relay, {
+      publicKey,
+      message: new TextEncoder().encode("quarterly report Q3"),
+      description: "Report to take back",
+      apiKey: BILLING_KEY,
+      wait: false,
+      timeoutMs: 600_000, // ten minutes: only an asynchronous request may
+    });
+    assert.equal(made.status, 202, JSON.stringify(made.body));
+    assert.equal(made.location, `/sign/${made.body.request_id}`);
+    assert.equal(made.body.status, "pending");
+    assert.equal(made.body.requester, BILLING);
+
+    const c = card(page, "Report to take back");
+    await c.waitFor();
+    assert.equal(await c.getAttribute("data-request-id"), made.body.request_id);
+    assert.equal(await c.locator(sel("request-requester")).textContent(), "billing asks you to sign");
+    // A long deadline is shown in minutes and seconds.
+    const countdown = c.locator(sel("countdown"));
+    assert.match(await countdown.textContent(), /^Expires in (10 min 00|9 min [0-5]\d) s$/);
+    assert.match(await countdown.getAttribute("title"), /^Expires at /);
+    assert.equal(await countdown.evaluate((el) => el.classList.contains("countdown-soon")), false);
+    await c.scrollIntoViewIfNeeded();
+    await screenshot(page, "17-async-ten-minutes");
+
+    const del = await signResource(relay, made.location, { method: "DELETE", apiKey: BILLING_KEY });
+    assert.equal(del.status, 200, JSON.stringify(del.body));
+    assert.equal(del.body.status, "cancelled");
+
+    await c.waitFor({ state: "detached" });
+    const notice = page.locator(`${sel("notice")}[data-reason="cancelled"]`, { hasText: "Report to take back" });
+    await notice.waitFor();
+    assert.equal(
+      await notice.locator("span").first().textContent(),
+      "“Report to take back” from billing was removed: it was cancelled by the requester.",
+    );
+    assert.doesNotMatch(await notice.textContent(), /timed out|another tab|went away/);
+    await page.locator(`${sel("history-item")}[data-outcome="cancelled by the requester"]`, { hasText: "Report to take back" }).waitFor();
+    await screenshot(page, "18-cancelled-by-requester");
+
+    const got = await signResource(relay, made.location, { apiKey: BILLING_KEY });
+    assert.equal(got.status, 200, JSON.stringify(got.body));
+    assert.equal(got.body.status, "cancelled");
+  });
+
+  test("requests made with wait_for_holder before the page connects appear as soon as it does", { timeout: TEST_MS }, async () => {
+    const own = await browser.newContext({ viewport: { width: 1024, height: 900 } });
+    try {
+      // Make this context's key, then go offline: no page holds it.
+      const first = await openPage(own, relay);
+      const publicKey = await shownPublicKey(first);
+      await first.close();
+      const message = new TextEncoder().encode("payout batch 88");
+      // The key is offline once a request without wait_for_holder is 404.
+      const deadline = Date.now() + STEP_MS;
+      for (;;) {
+        const probe = await postSign(relay, { publicKey, message: new TextEncoder().encode("probe"), wait: false });
+        if (probe.status === 404) {
+          assert.equal(probe.body.error.code, "not_connected");
+          break;
+        }
+        assert.equal(probe.status, 202, JSON.stringify(probe.body));
+        await signResource(relay, probe.location, { method: "DELETE" });
+        assert.ok(Date.now() < deadline, "the closed page's connection did not go away");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+
+      // One asynchronous request of a named key, one blocking request of a
+      // bare key: both wait for the holder instead of 404.
+      const made = await postSign(relay, {
+        publicKey,
+        message,
+        description: "Waiting for you",
+        apiKey: BILLING_KEY,
+        wait: false,
+        waitForHolder: true,
+        timeoutMs: 600_000,
+      });
+      assert.equal(made.status, 202, JSON.stringify(made.body));
+      assert.equal(made.body.status, "pending");
+      const blockingMessage = new TextEncoder().encode("blocking, waiting too");
+      const blocking = postSign(relay, {
+        publicKey,
+        message: blockingMessage,
+        description: "Blocking and waiting",
+        waitForHolder: true,
+        timeoutMs: 30_000,
+      });
+      // Still waiting while nobody holds the key.
+      const waiting = await signResource(relay, made.location, { apiKey: BILLING_KEY, waitMs: 300 });
+      assert.equal(waiting.body.status, "pending", JSON.stringify(waiting.body));
+
+      const p = await newPage(own);
+      await p.goto(`${relay.url}/`);
+      await waitConnected(p);
+      const c = card(p, "Waiting for you");
+      await c.waitFor();
+      await card(p, "Blocking and waiting").waitFor();
+      assert.equal(await c.getAttribute("data-request-id"), made.body.request_id);
+      assert.equal(await c.locator(sel("request-requester")).textContent(), "billing asks you to sign");
+      assert.equal(await c.locator(sel("request-message")).textContent(), "payout batch 88");
+      assert.match(await c.locator(sel("countdown")).textContent(), /^Expires in (10 min 00|9 min [0-5]\d) s$/);
+      assert.equal(await p.locator(sel("request-card")).count(), 2);
+      await screenshot(p, "19-waiting-for-holder");
+
+      await c.locator(sel("approve")).click();
+      const done = await signResource(relay, made.location, { apiKey: BILLING_KEY, waitMs: 10_000 });
+      assert.equal(done.status, 200, JSON.stringify(done.body));
+      assert.equal(done.body.status, "signed", JSON.stringify(done.body));
+      assert.equal(done.body.requester, BILLING);
+      assert.ok(await verifyEd25519(publicKey, message, done.body.signature), "the backend's signature verifies");
+      await c.waitFor({ state: "detached" });
+
+      await card(p, "Blocking and waiting").locator(sel("approve")).click();
+      const res = await blocking;
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.ok(await verifyEd25519(publicKey, blockingMessage, res.body.signature));
     } finally {
       await own.close();
     }

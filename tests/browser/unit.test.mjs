@@ -10,8 +10,10 @@ import nodeCrypto from "node:crypto";
 import { WebSocket, WebSocketServer } from "ws";
 
 import {
+  CANCEL_DISCONNECTED,
   INTRODUCTION_CONTEXT,
   ProtocolError,
+  RELAY_CANCEL_REASONS,
   RelayClient,
   backoffDelay,
   checkSupport,
@@ -29,12 +31,18 @@ import {
   verifySignature,
 } from "../../web/relay-client.js";
 import {
+  COUNTDOWN_SOON_MS,
   codePointLabel,
+  countdownText,
+  describeCancel,
   displayText,
+  formatDuration,
   hiddenCharName,
   hiddenCharWarning,
   isHiddenChar,
   renderInto,
+  requestLabel,
+  requesterParts,
   splitHidden,
 } from "../../web/display.js";
 
@@ -343,6 +351,106 @@ describe("display of relay text (display.js)", () => {
     for (const n of el.childNodes) {
       assert.ok(!/[\u0007\u202E]/.test(n.textContent), "no hidden character reaches the DOM");
     }
+  });
+});
+
+describe("the card's words (display.js)", () => {
+  test("says who asks, through relay text; a bare key names nobody", () => {
+    assert.deepEqual(requesterParts("billing"), [{ relay: "billing" }, " asks you to sign"]);
+    // The name is relay text: it stays a {relay} part for the safe rendering.
+    assert.deepEqual(requesterParts("billing\u202Etxe.exe"), [{ relay: "billing\u202Etxe.exe" }, " asks you to sign"]);
+    assert.deepEqual(requesterParts(""), []);
+    assert.deepEqual(requesterParts(undefined), []);
+    assert.deepEqual(requesterParts({ name: "x" }), []);
+  });
+
+  test("labels a request by its description and requester", () => {
+    assert.deepEqual(requestLabel({ description: "Payment #1", requester: "" }), ["\u201C", { relay: "Payment #1" }, "\u201D"]);
+    assert.deepEqual(requestLabel({ description: "Payment #1", requester: "billing" }), [
+      "\u201C",
+      { relay: "Payment #1" },
+      "\u201D",
+      " from ",
+      { relay: "billing" },
+    ]);
+    assert.deepEqual(requestLabel({ description: "", requester: "billing" }), [
+      "A request with no description",
+      " from ",
+      { relay: "billing" },
+    ]);
+    assert.deepEqual(requestLabel({}), ["A request with no description"]);
+  });
+
+  test("formats time left in seconds, minutes and seconds, or hours and minutes", () => {
+    const cases = [
+      [1, "1 s"],
+      [999, "1 s"],
+      [1000, "1 s"],
+      [1001, "2 s"],
+      [42_000, "42 s"],
+      [59_001, "1 min 00 s"],
+      [60_000, "1 min 00 s"],
+      [61_000, "1 min 01 s"],
+      [65_500, "1 min 06 s"],
+      [599_001, "10 min 00 s"], // a ten-minute asynchronous request, just made
+      [600_000, "10 min 00 s"],
+      [545_000, "9 min 05 s"],
+      [3_599_000, "59 min 59 s"],
+      [3_600_000, "1 h 00 min"],
+      [3_900_000, "1 h 05 min"],
+      [86_400_000, "24 h 00 min"],
+      [0, "0 s"],
+      [-5000, "0 s"],
+      [NaN, "0 s"],
+    ];
+    for (const [ms, want] of cases) assert.equal(formatDuration(ms), want, `formatDuration(${ms})`);
+  });
+
+  test("words the countdown and says when it is urgent", () => {
+    assert.deepEqual(countdownText(600_000), { text: "Expires in 10 min 00 s", soon: false });
+    assert.deepEqual(countdownText(30_000), { text: "Expires in 30 s", soon: false });
+    assert.deepEqual(countdownText(COUNTDOWN_SOON_MS), { text: "Expires in 10 s", soon: false });
+    assert.deepEqual(countdownText(COUNTDOWN_SOON_MS - 1), { text: "Expires in 10 s", soon: true });
+    assert.deepEqual(countdownText(0), { text: "Expiring\u2026", soon: true });
+    assert.deepEqual(countdownText(-1), { text: "Expiring\u2026", soon: true });
+    assert.deepEqual(countdownText(NaN), { text: "Expiring\u2026", soon: true });
+  });
+
+  test("tells every cancel reason apart; cancelled is the requester's doing", () => {
+    const outcomes = new Set();
+    for (const reason of RELAY_CANCEL_REASONS) {
+      const why = describeCancel(reason);
+      assert.equal(why.text.length, 1, reason);
+      assert.equal(typeof why.text[0], "string", `${reason} is the page's own words`);
+      assert.ok(why.outcome, `${reason} is an outcome for the history`);
+      assert.equal(why.kind, "info");
+      outcomes.add(why.outcome);
+    }
+    assert.equal(outcomes.size, RELAY_CANCEL_REASONS.length, "each reason has its own outcome");
+    assert.deepEqual(describeCancel("cancelled"), {
+      text: ["it was cancelled by the requester"],
+      outcome: "cancelled by the requester",
+      kind: "info",
+    });
+    assert.deepEqual(describeCancel("requester_gone").text, ["the requester went away"]);
+    assert.deepEqual(describeCancel("timeout").text, ["it timed out"]);
+    assert.deepEqual(describeCancel("answered_elsewhere").text, ["it was answered in another tab or device"]);
+    // Not an outcome: the relay redelivers the request on reconnect.
+    const lost = describeCancel(CANCEL_DISCONNECTED);
+    assert.equal(lost.outcome, null);
+    assert.equal(lost.kind, "warn");
+  });
+
+  test("shows a reason it does not know as relay text", () => {
+    assert.deepEqual(describeCancel("moved\u202E"), {
+      text: ["the relay cancelled it (", { relay: "moved\u202E" }, ")"],
+      outcome: "moved\u202E",
+      kind: "info",
+    });
+    assert.equal(describeCancel("").outcome, "cancelled");
+    assert.equal(describeCancel(undefined).outcome, "cancelled");
+    // Prototype names are not reasons.
+    assert.deepEqual(describeCancel("constructor").text, ["the relay cancelled it (", { relay: "constructor" }, ")"]);
   });
 });
 
@@ -720,10 +828,40 @@ describe("RelayClient against a fake relay", () => {
     const cancelled = nextEvent(client, "cancel");
     conn.send({ type: "sign_cancel", request_id: "unknown", reason: "timeout" });
     conn.send({ type: "sign_cancel", request_id: "req-3", reason: "answered_elsewhere" });
-    assert.deepEqual(await cancelled, { requestId: "req-3", reason: "answered_elsewhere" });
+    assert.deepEqual(await cancelled, { requestId: "req-3", reason: "answered_elsewhere", requester: "" });
     assert.equal(requests, 1);
     assert.equal(client.requests.length, 0);
     client.close();
+  });
+
+  test("a request its backend takes back is cancelled with reason 'cancelled' and says who asked", async () => {
+    assert.ok(RELAY_CANCEL_REASONS.includes("cancelled"));
+    const client = newClient();
+    const conn = await connected(client);
+    const requested = nextEvent(client, "request");
+    // An asynchronous request: ten minutes to its deadline.
+    const expiresAt = new Date(Date.now() + 600_000);
+    conn.send(signRequest("req-async", utf8("invoice 7"), { requester: "billing", expires_at: expiresAt.toISOString() }));
+    const req = await requested;
+    assert.equal(req.requester, "billing");
+    assert.equal(req.expiresAt.getTime(), expiresAt.getTime());
+    assert.deepEqual(
+      client.requests.map((r) => [r.requestId, r.requester]),
+      [["req-async", "billing"]],
+    );
+    const cancelled = nextEvent(client, "cancel");
+    conn.send({ type: "sign_cancel", request_id: "req-async", reason: "cancelled" });
+    assert.deepEqual(await cancelled, { requestId: "req-async", reason: "cancelled", requester: "billing" });
+    assert.equal(client.requests.length, 0);
+    await assert.rejects(client.approve("req-async"), /no pending request/);
+
+    // A dropped connection names the requester of what it drops too.
+    const again = nextEvent(client, "request");
+    conn.send(signRequest("req-drop", utf8("x"), { requester: "billing" }));
+    await again;
+    const dropped = nextEvent(client, "cancel");
+    client.close();
+    assert.deepEqual(await dropped, { requestId: "req-drop", reason: "disconnected", requester: "billing" });
   });
 
   test("requests sent right behind 'introduced' are not lost", async () => {
@@ -734,10 +872,13 @@ describe("RelayClient against a fake relay", () => {
     const nonce = nodeCrypto.randomBytes(32);
     conn.send({ type: "challenge", nonce: nonce.toString("base64") });
     const intro = await conn.next();
-    // Both in one go, as a relay redelivering a pending request would.
+    // Both in one go, as a relay redelivering a pending request would (a
+    // request made with wait_for_holder before this key was connected).
     conn.send({ type: "introduced", public_key: intro.public_key, session_id: "s" });
-    conn.send(signRequest("redelivered", utf8("still waiting")));
-    assert.equal((await requested).requestId, "redelivered");
+    conn.send(signRequest("redelivered", utf8("still waiting"), { requester: "billing" }));
+    const req = await requested;
+    assert.equal(req.requestId, "redelivered");
+    assert.equal(req.requester, "billing");
     client.close();
   });
 
@@ -774,7 +915,7 @@ describe("RelayClient against a fake relay", () => {
     const cancelled = nextEvent(client, "cancel");
     const reconnecting = nextEvent(client, "state", isState("reconnecting"));
     conn.socket.close(1001, "shutting down");
-    assert.deepEqual(await cancelled, { requestId: "req-4", reason: "disconnected" });
+    assert.deepEqual(await cancelled, { requestId: "req-4", reason: "disconnected", requester: "" });
     const r = await reconnecting;
     assert.equal(r.code, 1001);
     assert.ok(r.delayMs >= 10 && r.delayMs <= 20, `first delay ${r.delayMs}`);
