@@ -102,31 +102,23 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 	if !cluster.Enabled(cfg) {
 		return httpapi.New(cfg, log)
 	}
-	link, err := cluster.Open(cfg, log)
+	reg := httpapi.NewRegistry(cfg)
+	node, err := cluster.Join(cfg, reg, log)
 	if err != nil {
 		return nil, err
 	}
-	reg := httpapi.NewRegistry(cfg)
-	bus := cluster.NewBus(link, reg, log)
-	svc := signing.New(reg, httpapi.ServiceOptions(cfg, log, bus))
-	if err := bus.Start(svc); err != nil {
-		_ = link.Close()
+	opts := httpapi.ServiceOptions(cfg, log, node.Bus)
+	opts.Shared = node.Store
+	svc := signing.New(reg, opts)
+	if err := node.Start(svc); err != nil {
 		return nil, err
 	}
-	link.OnStateChange(func(ready bool) {
-		if ready {
-			bus.Resync()
-		}
-	})
-	log.Info("cluster node", "node", link.NodeID(), "nats", link.ClientURL())
+	log.Info("cluster node", "node", node.Link.NodeID(), "nats", node.Link.ClientURL())
 	return httpapi.NewWithParts(cfg, log, httpapi.Parts{
 		Registry:  reg,
 		Service:   svc,
-		Ready:     link.Ready,
+		Ready:     node.Link.Ready,
 		Clustered: true,
-		Close: func() {
-			bus.Close()
-			_ = link.Close()
-		},
+		Close:     node.Close,
 	})
 }

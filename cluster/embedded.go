@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,12 @@ func embeddedOptions(cfg config.Config, nodeID string) (*server.Options, error) 
 		MaxPending: max(int64(64<<20), 4*int64(payload)),
 		Username:   e.User,
 		Password:   e.Password,
+		// JetStream keeps request resources (async requests, idempotency
+		// keys) for the whole cluster, in memory; its store directory
+		// holds only the cluster's own metadata.
+		JetStream:          true,
+		JetStreamMaxMemory: int64(cfg.Sign.MaxResultsBytes) + int64(cfg.Sign.MaxPendingBytes) + 64<<20,
+		JetStreamMaxStore:  256 << 20,
 	}
 	if e.Token != "" {
 		opts.Authorization = e.Token
@@ -90,11 +97,31 @@ func splitListen(hostport string) (string, int, error) {
 // startEmbedded starts the embedded server and waits, bounded, until its
 // listeners are open. A listener that cannot open fails it at once, with
 // the server's own message.
-func startEmbedded(cfg config.Config, nodeID string, log *slog.Logger) (*server.Server, error) {
+func startEmbedded(cfg config.Config, nodeID string, log *slog.Logger) (*server.Server, string, error) {
 	opts, err := embeddedOptions(cfg, nodeID)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: embedded NATS server: %w", err)
+		return nil, "", fmt.Errorf("cluster: embedded NATS server: %w", err)
 	}
+	dir := cfg.Cluster.Embedded.StoreDir
+	temp := dir == ""
+	if temp {
+		if dir, err = os.MkdirTemp("", "signrelay-jetstream-"+nodeID+"-"); err != nil {
+			return nil, "", fmt.Errorf("cluster: embedded NATS server: %w", err)
+		}
+	}
+	opts.StoreDir = dir
+	if !temp {
+		dir = "" // the operator's: not removed at exit
+	}
+	srv, err := runServer(opts, cfg, log)
+	if err != nil && dir != "" {
+		_ = os.RemoveAll(dir)
+	}
+	return srv, dir, err
+}
+
+func runServer(opts *server.Options, cfg config.Config, log *slog.Logger) (*server.Server, error) {
+	var err error
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: embedded NATS server: %w", err)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -52,6 +53,7 @@ const (
 type Link struct {
 	conn      *nats.Conn
 	srv       *server.Server // nil without an embedded server
+	tempDir   string         // the embedded server's JetStream directory, removed at Close
 	nodeID    string
 	prefix    string
 	clientURL string
@@ -130,11 +132,11 @@ func Open(cfg config.Config, log *slog.Logger) (*Link, error) {
 	}
 	url := strings.Join(cfg.Cluster.NATSURLs(), ",")
 	if cfg.Cluster.Embedded.Listen != "" {
-		srv, err := startEmbedded(cfg, nodeID, log.With("node_id", nodeID))
+		srv, dir, err := startEmbedded(cfg, nodeID, log.With("node_id", nodeID))
 		if err != nil {
 			return nil, err
 		}
-		l.srv, l.clientURL = srv, clientURL(srv)
+		l.srv, l.clientURL, l.tempDir = srv, clientURL(srv), dir
 		attrs := []any{"client_url", l.clientURL}
 		if a := srv.ClusterAddr(); a != nil {
 			attrs = append(attrs, "cluster_addr", a.String(), "routes", cfg.Cluster.Embedded.Routes)
@@ -449,5 +451,8 @@ func (l *Link) stopServer() {
 		l.srv.Shutdown()
 		l.srv.WaitForShutdown()
 		l.log.Info("embedded NATS server stopped")
+		if l.tempDir != "" {
+			_ = os.RemoveAll(l.tempDir)
+		}
 	}
 }

@@ -177,6 +177,11 @@ type Cluster struct {
 	// digits, '-' and '_'; empty makes a random one at each start (16 hex
 	// digits). cluster.node_id, default "".
 	NodeID string `yaml:"node_id"`
+	// KVReplicas is how many NATS servers keep the JetStream bucket of
+	// request resources, so that one of them may die (1 to 5). 0: with
+	// the embedded servers routed together, min(3, servers in routes);
+	// else 1. cluster.kv_replicas, default 0.
+	KVReplicas int `yaml:"kv_replicas"`
 	// SubjectPrefix starts every NATS subject the relay uses (inboxes
 	// included), so that several relays can share one NATS server and NATS
 	// permissions can be granted on "<prefix>.>". Tokens of letters, digits,
@@ -248,6 +253,11 @@ type Embedded struct {
 	User     string `yaml:"user"`
 	Password string `yaml:"password"`
 	Token    string `yaml:"token"`
+	// StoreDir is the embedded server's JetStream directory (cluster
+	// metadata only: request resources are kept in memory). Empty: a
+	// temporary directory, removed at exit.
+	// cluster.embedded.store_dir, default "".
+	StoreDir string `yaml:"store_dir"`
 }
 
 // NATSURLs returns the entries of nats_url, trimmed; nil when it is empty.
@@ -271,6 +281,9 @@ func (c *Cluster) validate(bad func(key, format string, args ...any) error) erro
 	}
 	if c.NodeID != "" && !isName(c.NodeID, 64) {
 		return bad("cluster.node_id", "%q must be 1 to 64 letters, digits, '-' or '_' (or empty for a random one)", c.NodeID)
+	}
+	if c.KVReplicas < 0 || c.KVReplicas > 5 {
+		return bad("cluster.kv_replicas", "%d is out of range (0 for automatic, 1 to 5)", c.KVReplicas)
 	}
 	if len(c.SubjectPrefix) > 128 || !isSubject(c.SubjectPrefix) {
 		return bad("cluster.subject_prefix", "%q is not NATS subject tokens (letters, digits, '-', '_') joined by dots, at most 128 characters", c.SubjectPrefix)

@@ -42,6 +42,11 @@ type Record struct {
 	Reason      string // the holder's words, StatusRejected only
 	// Async is set for a request made with "wait": false.
 	Async bool
+	// WaitForHolder, IdemKey and Fingerprint are what the request was made
+	// with: a node that takes the request over needs them.
+	WaitForHolder bool
+	IdemKey       string
+	Fingerprint   [32]byte
 }
 
 // Err is the error a blocking call for the request gets: nil when it was

@@ -66,6 +66,10 @@ type Offer struct {
 	// Probe is set when no local connection holds the key: the request is
 	// not connected (404) unless another node holds it.
 	Probe bool
+	// Resource is set for a request resource: when this node dies it is
+	// taken over by another, so its recipients keep it (no
+	// requester_gone) and accept the new owner's offer of the same id.
+	Resource bool
 }
 
 // Options configures a Service. Zero fields take the defaults named.
@@ -87,6 +91,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Bus joins the service to a cluster; nil for one node.
 	Bus Bus
+	// Shared keeps request resources for the whole cluster; nil for one node.
+	Shared Shared
 }
 
 func (o *Options) setDefaults() {
@@ -210,6 +216,8 @@ type pending struct {
 
 	description, requester string
 	async, waitForHolder   bool
+	idemKey                string
+	fp                     [32]byte
 	res                    *resource   // set for a request resource
 	timer                  *time.Timer // the deadline; guarded by the shard's mu
 
@@ -277,8 +285,11 @@ type Handle struct {
 	Replayed bool
 
 	s   *Service
-	p   *pending // the request; nil when it had ended before Start
-	rec *Record  // its end, when known at Start
+	p   *pending // the request, when it runs here
+	rec *Record  // otherwise: its end, or (remote) a request running on another node
+	// remote is set when rec is pending on another node: Await waits for
+	// it through Shared.
+	remote bool
 }
 
 // ID is the request's id.
@@ -304,6 +315,18 @@ func (h *Handle) Record() *Record {
 // to its own deadline and Await returns it still pending, with
 // ErrRequesterGone.
 func (h *Handle) Await(ctx context.Context) (*Record, error) {
+	if h.remote {
+		rec, err := h.s.opts.Shared.Wait(ctx, h.rec.Owner, h.rec.ID)
+		switch {
+		case errors.Is(err, ErrNotFound): // never made after all (no node held the key)
+			return h.rec, ErrNotConnected
+		case err != nil:
+			return h.rec, ErrClusterUnreachable
+		case rec.Status == StatusPending:
+			return rec, ErrRequesterGone
+		}
+		return rec, rec.Err()
+	}
 	if h.rec != nil {
 		return h.rec, h.rec.Err()
 	}
@@ -371,9 +394,29 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 		description: req.Description, requester: req.Requester, async: req.Async, waitForHolder: req.WaitForHolder,
 	}
 	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, req.Requester, expires)
+	p.idemKey, p.fp = req.IdempotencyKey, req.Fingerprint
 	if req.resource() {
 		r := &resource{id: id, owner: req.Owner, idemKey: req.IdempotencyKey, fp: req.Fingerprint, p: p}
-		if req.IdempotencyKey == "" {
+		if sh := s.opts.Shared; sh != nil {
+			// On a cluster the shared claim alone decides, for calls on
+			// this node as for the others.
+			held, err := sh.Claim(ctx, p.snapshot())
+			if err != nil {
+				if !errors.Is(err, ErrClaimed) {
+					return nil, ErrClusterUnreachable
+				}
+				if held.Fingerprint != req.Fingerprint {
+					return nil, &IdempotencyError{RequestID: held.ID}
+				}
+				if local := s.res.get(req.Owner, uuid.MustParse(held.ID)); local != nil {
+					hp, rec := s.res.state(local)
+					return &Handle{Replayed: true, s: s, p: hp, rec: rec}, nil
+				}
+				return &Handle{Replayed: true, s: s, rec: held, remote: held.Status == StatusPending}, nil
+			}
+			r.idemKey = "" // claimed for the cluster; locally found by id
+			s.res.add(r)
+		} else if req.IdempotencyKey == "" {
 			s.res.add(r)
 		} else if held := s.res.claim(r); held != nil {
 			if held.fp != req.Fingerprint {
@@ -386,11 +429,10 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 	}
 	if err := s.publish(p, time.Until(expires)); err != nil {
 		if p.res != nil {
-			// Never made: a retry starts fresh, and a retry that joined
-			// meanwhile gets the same error.
-			s.res.drop(p.res)
-			p.out = outcome{err: err}
-			close(p.ended)
+			if s.opts.Shared != nil {
+				s.opts.Shared.Release(p.snapshot())
+			}
+			s.unmake(p, err)
 		}
 		return nil, err
 	}
@@ -412,6 +454,14 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 		}
 	}
 	return &Handle{s: s, p: p}, nil
+}
+
+// unmake undoes the local claim of a resource that was never made: a
+// retry starts fresh, and a retry that joined it meanwhile gets err.
+func (s *Service) unmake(p *pending, err error) {
+	s.res.drop(p.res)
+	p.out = outcome{err: err}
+	close(p.ended)
 }
 
 // publish makes p pending and sends it to the live connections of its key
@@ -472,20 +522,29 @@ func (s *Service) publish(p *pending, ttl time.Duration) error {
 		h.Send(p.frame)
 	}
 	if s.bus != nil {
-		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires, Probe: probe})
+		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires, Probe: probe, Resource: p.res != nil})
 	}
 	return nil
 }
 
 // snapshot is p's record now; once p ended, its final one.
 func (p *pending) snapshot() *Record {
+	select {
+	case <-p.ended:
+		return p.record(true)
+	default:
+		return p.record(false)
+	}
+}
+
+// record is p's record, pending or (ended, once finish set out) final.
+func (p *pending) record(ended bool) *Record {
 	r := &Record{
 		ID: p.idStr, Owner: p.owner, Requester: p.requester, Key: p.key, Message: p.message,
 		Description: p.description, Created: p.created, Expires: p.expires, Status: StatusPending, Async: p.async,
+		WaitForHolder: p.waitForHolder, IdemKey: p.idemKey, Fingerprint: p.fp,
 	}
-	select {
-	case <-p.ended:
-	default:
+	if !ended {
 		return r
 	}
 	r.Completed = p.completed
@@ -508,7 +567,10 @@ func (s *Service) Get(ctx context.Context, owner, id string, wait time.Duration)
 	}
 	r := s.res.get(owner, uid)
 	if r == nil {
-		return nil, ErrNotFound
+		if s.opts.Shared == nil {
+			return nil, ErrNotFound
+		}
+		return s.getShared(ctx, owner, id, wait)
 	}
 	p, rec := s.res.state(r)
 	if rec != nil {
@@ -538,7 +600,10 @@ func (s *Service) Cancel(owner, id string) (*Record, error) {
 	}
 	r := s.res.get(owner, uid)
 	if r == nil {
-		return nil, ErrNotFound
+		if s.opts.Shared == nil {
+			return nil, ErrNotFound
+		}
+		return s.opts.Shared.Cancel(context.Background(), owner, id)
 	}
 	p, rec := s.res.state(r)
 	if rec == nil {
@@ -614,14 +679,23 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 	sh.mu.Unlock()
 	s.budget.give(p.owner, len(p.message))
 
-	close(p.ended)
 	if p.res != nil {
+		// Recorded before anyone hears of the end, so that whoever hears
+		// of it can read it on any node.
+		rec := p.record(true)
 		if errors.Is(o.err, ErrNotConnected) { // never made (cluster-wide 404)
 			s.res.drop(p.res)
+			if s.opts.Shared != nil {
+				s.opts.Shared.Release(rec)
+			}
 		} else {
-			s.res.end(p.res, p.snapshot())
+			s.res.end(p.res, rec)
+			if s.opts.Shared != nil {
+				s.opts.Shared.Save(rec)
+			}
 		}
 	}
+	close(p.ended)
 	s.pending.Add(-1)
 	if !p.async && s.blocking.Add(-1) == 0 && s.closing.Load() {
 		select {

@@ -26,6 +26,7 @@ import (
 type node struct {
 	*relay
 	link *cluster.Link
+	cn   *cluster.Node
 }
 
 const (
@@ -69,8 +70,10 @@ func startCluster(t *testing.T, n int, mutate func(*config.Config)) []*node {
 				mutate(c)
 			}
 		}, func(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
-			srv, link, err := buildNode(cfg, log)
-			nd.link = link
+			srv, cn, err := buildNode(cfg, log)
+			if cn != nil {
+				nd.link, nd.cn = cn.Link, cn
+			}
 			return srv, err
 		})
 		nodes[i] = nd
@@ -80,28 +83,22 @@ func startCluster(t *testing.T, n int, mutate func(*config.Config)) []*node {
 }
 
 // buildNode is main's wiring of a cluster node.
-func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.Link, error) {
-	link, err := cluster.Open(cfg, log)
+func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.Node, error) {
+	reg := httpapi.NewRegistry(cfg)
+	cn, err := cluster.Join(cfg, reg, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	reg := httpapi.NewRegistry(cfg)
-	bus := cluster.NewBus(link, reg, log)
-	svc := signing.New(reg, httpapi.ServiceOptions(cfg, log, bus))
-	if err := bus.Start(svc); err != nil {
-		_ = link.Close()
+	opts := httpapi.ServiceOptions(cfg, log, cn.Bus)
+	opts.Shared = cn.Store
+	svc := signing.New(reg, opts)
+	if err := cn.Start(svc); err != nil {
 		return nil, nil, err
 	}
-	link.OnStateChange(func(ready bool) {
-		if ready {
-			bus.Resync()
-		}
-	})
 	srv, err := httpapi.NewWithParts(cfg, log, httpapi.Parts{
-		Registry: reg, Service: svc, Ready: link.Ready, Clustered: true,
-		Close: func() { bus.Close(); _ = link.Close() },
+		Registry: reg, Service: svc, Ready: cn.Link.Ready, Clustered: true, Close: cn.Close,
 	})
-	return srv, link, err
+	return srv, cn, err
 }
 
 // waitMesh waits until every node hears every other on NATS: routes form,
@@ -353,7 +350,7 @@ func TestClusterCutOffNode(t *testing.T) {
 // external server would be.
 func natsServer(t *testing.T, port int) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true, MaxPayload: 1 << 20})
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true, MaxPayload: 1 << 20, JetStream: true, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,8 +377,10 @@ func TestClusterExternalNATSRestart(t *testing.T) {
 			c.Cluster.NATSURL = url
 			c.Cluster.NodeID = fmt.Sprintf("ext%d", i)
 		}, func(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
-			srv, link, err := buildNode(cfg, log)
-			nd.link = link
+			srv, cn, err := buildNode(cfg, log)
+			if cn != nil {
+				nd.link, nd.cn = cn.Link, cn
+			}
 			return srv, err
 		})
 		n[i] = nd

@@ -1,0 +1,720 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/signrelay/signrelay/protocol"
+	"github.com/signrelay/signrelay/signing"
+)
+
+// Timing of the store.
+const (
+	// storeOp bounds one key-value operation.
+	storeOp = 5 * time.Second
+	// takeoverEvery is how often a node looks for pending resources whose
+	// node is gone; a node is taken for gone after takeoverMisses checks
+	// in a row found nobody answering on its subject. A dead node's
+	// resources are adopted within takeoverMisses × takeoverEvery (+ a
+	// ping), well inside the contract's 10 s.
+	takeoverEvery  = 2 * time.Second
+	takeoverMisses = 2
+	aliveTimeout   = time.Second
+	// openRetry is how long the store keeps trying to create its bucket
+	// at start: a JetStream cluster elects its meta leader first.
+	openRetry = 30 * time.Second
+)
+
+// ErrNoJetStream: the NATS server the relay connects to has no JetStream,
+// which request resources on a cluster need.
+var ErrNoJetStream = errors.New("cluster: the NATS server has no JetStream enabled; run nats-server with -js (or jetstream {} in its configuration): request resources (async requests, Idempotency-Key) are kept in a JetStream key-value bucket")
+
+// Store is signing.Shared over a JetStream key-value bucket: every node
+// reads the same records, an idempotency key is claimed with a
+// compare-and-set (the first writer wins), long polls watch a key, and a
+// pending resource whose node is gone is adopted by another node.
+//
+// Keys of the bucket:
+//
+//	r.<request id>           the record (JSON)
+//	i.<owner>.<key hash>     an idempotency key: the request id it names
+//	p.<node>.<request id>    an index of the pending resources per node
+//
+// Blocking requests without an idempotency key never reach it.
+type Store struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	node     string
+	prefix   string
+	ttl      time.Duration // sign.result_ttl
+	bucket   jetstream.KeyValueConfig
+	external bool
+	log      *slog.Logger
+
+	kv atomic.Pointer[jetstream.KeyValue] // nil until the bucket is open
+
+	// Owned by Start and Close.
+	svc       *signing.Service
+	subs      []*nats.Subscription
+	stop      chan struct{}
+	done      sync.WaitGroup
+	closeOnce sync.Once
+
+	// Owned by the takeover loop.
+	misses map[string]int
+}
+
+// storedRecord is a record as the bucket keeps it.
+type storedRecord struct {
+	ID            string `json:"id"`
+	Owner         string `json:"owner"`
+	Node          string `json:"node"` // the node that runs it while pending
+	Requester     string `json:"requester,omitempty"`
+	Key           []byte `json:"key"`
+	Message       []byte `json:"message"`
+	Description   string `json:"description,omitempty"`
+	Created       int64  `json:"created"` // unix milliseconds
+	Expires       int64  `json:"expires"`
+	Completed     int64  `json:"completed,omitempty"`
+	Status        string `json:"status"`
+	Signature     []byte `json:"signature,omitempty"`
+	Reason        string `json:"reason,omitempty"`
+	Async         bool   `json:"async,omitempty"`
+	WaitForHolder bool   `json:"wait_for_holder,omitempty"`
+	IdemKey       string `json:"idem_key,omitempty"`
+	Fingerprint   []byte `json:"fp,omitempty"`
+}
+
+type idemEntry struct {
+	ID string `json:"id"`
+}
+
+func toStored(r *signing.Record, node string) *storedRecord {
+	s := &storedRecord{
+		ID: r.ID, Owner: r.Owner, Node: node, Requester: r.Requester, Key: keyBytes(r.Key), Message: r.Message,
+		Description: r.Description, Created: r.Created.UnixMilli(), Expires: r.Expires.UnixMilli(),
+		Status: string(r.Status), Signature: r.Signature, Reason: r.Reason, Async: r.Async,
+		WaitForHolder: r.WaitForHolder, IdemKey: r.IdemKey, Fingerprint: r.Fingerprint[:],
+	}
+	if !r.Completed.IsZero() {
+		s.Completed = r.Completed.UnixMilli()
+	}
+	return s
+}
+
+func (s *storedRecord) record() (*signing.Record, error) {
+	key, err := protocol.PublicKeyFromBytes(s.Key)
+	if err != nil {
+		return nil, err
+	}
+	r := &signing.Record{
+		ID: s.ID, Owner: s.Owner, Requester: s.Requester, Key: key, Message: s.Message, Description: s.Description,
+		Created: time.UnixMilli(s.Created), Expires: time.UnixMilli(s.Expires), Status: signing.Status(s.Status),
+		Signature: s.Signature, Reason: s.Reason, Async: s.Async, WaitForHolder: s.WaitForHolder, IdemKey: s.IdemKey,
+	}
+	copy(r.Fingerprint[:], s.Fingerprint)
+	if s.Completed != 0 {
+		r.Completed = time.UnixMilli(s.Completed)
+	}
+	return r, nil
+}
+
+func decodeStored(b []byte) (*storedRecord, error) {
+	var s storedRecord
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// StoreOptions sizes the bucket.
+type StoreOptions struct {
+	// ResultTTL is sign.result_ttl; MaxLife the longest a request may be
+	// pending (sign.max_async_timeout).
+	ResultTTL, MaxLife time.Duration
+	// MaxBytes bounds the bucket.
+	MaxBytes int64
+	// Replicas is how many servers keep the bucket (1 to 5).
+	Replicas int
+	// External is set when the NATS server is not our own: a server
+	// without JetStream is then a start-up error.
+	External bool
+}
+
+// NewStore opens the request store of l. With an external server it
+// checks at once that JetStream is there; the bucket itself is created
+// (or found) in the background, retried while a JetStream cluster elects
+// its leader, and the store answers ErrClusterUnreachable until then.
+func NewStore(l *Link, o StoreOptions, log *slog.Logger) (*Store, error) {
+	js, err := jetstream.New(l.Conn())
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		nc: l.Conn(), js: js, node: l.NodeID(), prefix: l.Prefix(), ttl: o.ResultTTL, external: o.External,
+		log: log.With("component", "store", "node_id", l.NodeID()), stop: make(chan struct{}), misses: map[string]int{},
+		bucket: jetstream.KeyValueConfig{
+			Bucket:      strings.ReplaceAll(l.Prefix(), ".", "_") + "_requests",
+			Description: "signrelay request resources",
+			History:     1,
+			// A record is written when its request is made and when it
+			// ends; the end is kept for ResultTTL. Every entry is read
+			// with its own expiry, so the bucket's age only has to
+			// outlast the longest life.
+			TTL:      o.MaxLife + o.ResultTTL + time.Minute,
+			MaxBytes: o.MaxBytes,
+			Storage:  jetstream.MemoryStorage,
+			Replicas: max(1, o.Replicas),
+		},
+	}
+	if o.External {
+		ctx, cancel := context.WithTimeout(context.Background(), storeOp)
+		defer cancel()
+		if _, err := js.AccountInfo(ctx); err != nil {
+			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+				return nil, ErrNoJetStream
+			}
+			return nil, fmt.Errorf("cluster: JetStream: %w", err)
+		}
+		if err := s.open(ctx); err != nil {
+			return nil, fmt.Errorf("cluster: JetStream bucket %s: %w", s.bucket.Bucket, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) open(ctx context.Context) error {
+	kv, err := s.js.CreateOrUpdateKeyValue(ctx, s.bucket)
+	if err != nil {
+		return err
+	}
+	s.kv.Store(&kv)
+	s.log.Debug("request bucket open", "bucket", s.bucket.Bucket, "replicas", s.bucket.Replicas)
+	return nil
+}
+
+// Start serves the other nodes' cancels and pings, opens the bucket if
+// not yet open, and starts adopting the resources of nodes that die.
+func (s *Store) Start(svc *signing.Service) error {
+	s.svc = svc
+	for what, h := range map[string]nats.MsgHandler{"alive": s.onAlive, "cancel": s.onCancel} {
+		sub, err := s.nc.Subscribe(s.subject(s.node, what), h)
+		if err != nil {
+			return err
+		}
+		s.subs = append(s.subs, sub)
+	}
+	s.done.Add(1)
+	go s.run()
+	return nil
+}
+
+// Close stops the store's loops and subscriptions; harmless twice.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		for _, sub := range s.subs {
+			_ = sub.Unsubscribe()
+		}
+		s.done.Wait()
+	})
+}
+
+// Ready reports whether the bucket is open.
+func (s *Store) Ready() bool { return s.kv.Load() != nil }
+
+func (s *Store) subject(node, what string) string { return s.prefix + ".node." + node + "." + what }
+
+func (s *Store) run() {
+	defer s.done.Done()
+	// Every wait of the loop ends when the store closes.
+	stopped, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		<-s.stop
+		stop()
+	}()
+	deadline := time.Now().Add(openRetry)
+	for s.kv.Load() == nil {
+		ctx, cancel := context.WithTimeout(stopped, storeOp)
+		err := s.open(ctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.log.Error("cannot open the request bucket; asynchronous and idempotent requests will be refused", "err", err)
+			deadline = time.Now().Add(openRetry)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	t := time.NewTicker(takeoverEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.reopen(stopped)
+			s.takeover(stopped)
+		}
+	}
+}
+
+func (s *Store) store() (jetstream.KeyValue, error) {
+	kv := s.kv.Load()
+	if kv == nil {
+		return nil, signing.ErrClusterUnreachable
+	}
+	return *kv, nil
+}
+
+func recordKey(id string) string { return "r." + id }
+func pendingKey(node, id string) string {
+	return "p." + node + "." + id
+}
+func idemKeyOf(owner, key string) string {
+	sum := sha256.Sum256([]byte("signrelay/v1/idempotency:" + key))
+	return "i." + owner + "." + hex.EncodeToString(sum[:16])
+}
+
+func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return context.WithTimeout(ctx, storeOp)
+}
+
+// Claim implements signing.Shared.
+func (s *Store) Claim(ctx context.Context, rec *signing.Record) (*signing.Record, error) {
+	kv, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	b, _ := json.Marshal(toStored(rec, s.node))
+	// The record first, then the key: whoever finds the key finds the
+	// record it names.
+	if _, err := kv.Create(ctx, recordKey(rec.ID), b); err != nil {
+		return nil, err
+	}
+	if rec.IdemKey != "" {
+		held, err := s.claimKey(ctx, kv, rec)
+		if err != nil || held != nil {
+			_ = kv.Purge(ctx, recordKey(rec.ID))
+			if err != nil {
+				return nil, err
+			}
+			return held, signing.ErrClaimed
+		}
+	}
+	if _, err := kv.Put(ctx, pendingKey(s.node, rec.ID), nil); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+// claimKey creates rec's idempotency key, or returns the live record that
+// holds it. A key whose record is gone (released, or past its TTL) is
+// taken over with a compare-and-set.
+func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signing.Record) (*signing.Record, error) {
+	key := idemKeyOf(rec.Owner, rec.IdemKey)
+	val, _ := json.Marshal(idemEntry{ID: rec.ID})
+	for attempt := 0; attempt < 3; attempt++ {
+		_, err := kv.Create(ctx, key, val)
+		if err == nil {
+			return nil, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, err
+		}
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var ie idemEntry
+		_ = json.Unmarshal(e.Value(), &ie)
+		held, err := s.get(ctx, kv, rec.Owner, ie.ID)
+		if err == nil && held != nil && held.IdemKey == rec.IdemKey {
+			return held, nil
+		}
+		if err != nil && !errors.Is(err, signing.ErrNotFound) {
+			return nil, err
+		}
+		// Its record is gone: the key is free again.
+		if _, err := kv.Update(ctx, key, val, e.Revision()); err == nil {
+			return nil, nil
+		}
+	}
+	return nil, signing.ErrClusterUnreachable
+}
+
+// Release implements signing.Shared.
+func (s *Store) Release(rec *signing.Record) {
+	kv, err := s.store()
+	if err != nil {
+		return
+	}
+	ctx, cancel := opCtx(nil)
+	defer cancel()
+	if rec.IdemKey != "" {
+		key := idemKeyOf(rec.Owner, rec.IdemKey)
+		if e, err := kv.Get(ctx, key); err == nil {
+			var ie idemEntry
+			if json.Unmarshal(e.Value(), &ie) == nil && ie.ID == rec.ID {
+				_ = kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+			}
+		}
+	}
+	_ = kv.Delete(ctx, recordKey(rec.ID))
+	_ = kv.Purge(ctx, pendingKey(s.node, rec.ID))
+}
+
+// Save implements signing.Shared.
+func (s *Store) Save(rec *signing.Record) {
+	kv, err := s.store()
+	if err != nil {
+		s.log.Warn("request end not recorded: no bucket", "request_id", rec.ID)
+		return
+	}
+	ctx, cancel := opCtx(nil)
+	defer cancel()
+	b, _ := json.Marshal(toStored(rec, s.node))
+	if _, err := kv.Put(ctx, recordKey(rec.ID), b); err != nil {
+		s.log.Warn("request end not recorded", "request_id", rec.ID, "err", err)
+	}
+	_ = kv.Purge(ctx, pendingKey(s.node, rec.ID))
+}
+
+// get reads owner's record id; ErrNotFound when absent, foreign or past
+// its TTL.
+func (s *Store) get(ctx context.Context, kv jetstream.KeyValue, owner, id string) (*signing.Record, error) {
+	e, err := kv.Get(ctx, recordKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, signing.ErrNotFound
+	}
+	if err != nil {
+		return nil, signing.ErrClusterUnreachable
+	}
+	return s.visible(e.Value(), owner)
+}
+
+func (s *Store) visible(b []byte, owner string) (*signing.Record, error) {
+	st, err := decodeStored(b)
+	if err != nil || st.Owner != owner {
+		return nil, signing.ErrNotFound
+	}
+	rec, err := st.record()
+	if err != nil {
+		return nil, signing.ErrNotFound
+	}
+	if rec.Status != signing.StatusPending && time.Since(rec.Completed) > s.ttl {
+		return nil, signing.ErrNotFound
+	}
+	return rec, nil
+}
+
+// Get implements signing.Shared.
+func (s *Store) Get(ctx context.Context, owner, id string) (*signing.Record, error) {
+	kv, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	return s.get(ctx, kv, owner, id)
+}
+
+// Wait implements signing.Shared: it watches the record's key.
+func (s *Store) Wait(ctx context.Context, owner, id string) (*signing.Record, error) {
+	kv, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.Watch(context.Background(), recordKey(id))
+	if err != nil {
+		return nil, signing.ErrClusterUnreachable
+	}
+	defer func() { _ = w.Stop() }()
+	var last *signing.Record
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				if last != nil {
+					return last, nil
+				}
+				return nil, signing.ErrClusterUnreachable
+			}
+			if e == nil { // the current value has been delivered
+				if last == nil {
+					return nil, signing.ErrNotFound
+				}
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return nil, signing.ErrNotFound // released: never made
+			}
+			rec, err := s.visible(e.Value(), owner)
+			if err != nil {
+				return nil, err
+			}
+			if rec.Status != signing.StatusPending {
+				return rec, nil
+			}
+			last = rec
+		case <-ctx.Done():
+			if last == nil {
+				return s.Get(context.Background(), owner, id)
+			}
+			return last, nil
+		}
+	}
+}
+
+// cancelMsg asks a node to cancel a request it runs; cancelReply is its
+// answer.
+type cancelMsg struct {
+	Owner string `json:"owner"`
+	ID    string `json:"id"`
+}
+
+type cancelReply struct {
+	Record json.RawMessage `json:"record,omitempty"`
+	Err    string          `json:"err,omitempty"` // not_found, not_pending
+}
+
+// Cancel implements signing.Shared: the node that runs the request
+// cancels it; when that node is gone, this one adopts it first.
+func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, error) {
+	rec, err := s.Get(ctx, owner, id)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Status != signing.StatusPending {
+		if rec.Status == signing.StatusCancelled {
+			return rec, nil
+		}
+		return rec, signing.ErrNotPending
+	}
+	node, err := s.nodeOf(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if node == s.node {
+		return s.svc.Cancel(owner, id)
+	}
+	req, _ := json.Marshal(cancelMsg{Owner: owner, ID: id})
+	cctx, cancel := opCtx(ctx)
+	defer cancel()
+	m, err := s.nc.RequestWithContext(cctx, s.subject(node, "cancel"), req)
+	if errors.Is(err, nats.ErrNoResponders) {
+		// Its node is gone: take the request over, then cancel it here.
+		if s.adopt(ctx, id, node) {
+			return s.svc.Cancel(owner, id)
+		}
+		return s.Cancel(ctx, owner, id)
+	}
+	if err != nil {
+		return nil, signing.ErrClusterUnreachable
+	}
+	var rep cancelReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return nil, signing.ErrClusterUnreachable
+	}
+	var out *signing.Record
+	if len(rep.Record) > 0 {
+		st, err := decodeStored(rep.Record)
+		if err != nil {
+			return nil, signing.ErrClusterUnreachable
+		}
+		if out, err = st.record(); err != nil {
+			return nil, signing.ErrClusterUnreachable
+		}
+	}
+	switch rep.Err {
+	case "":
+		return out, nil
+	case "not_pending":
+		return out, signing.ErrNotPending
+	}
+	return nil, signing.ErrNotFound
+}
+
+// nodeOf is the node that runs the pending request id.
+func (s *Store) nodeOf(ctx context.Context, id string) (string, error) {
+	kv, err := s.store()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	e, err := kv.Get(ctx, recordKey(id))
+	if err != nil {
+		return "", signing.ErrNotFound
+	}
+	st, err := decodeStored(e.Value())
+	if err != nil {
+		return "", signing.ErrNotFound
+	}
+	return st.Node, nil
+}
+
+func (s *Store) onCancel(m *nats.Msg) {
+	var req cancelMsg
+	if json.Unmarshal(m.Data, &req) != nil || s.svc == nil {
+		return
+	}
+	rec, err := s.svc.Cancel(req.Owner, req.ID)
+	var rep cancelReply
+	if rec != nil {
+		rep.Record, _ = json.Marshal(toStored(rec, s.node))
+	}
+	switch {
+	case errors.Is(err, signing.ErrNotPending):
+		rep.Err = "not_pending"
+	case err != nil:
+		rep.Err = "not_found"
+	}
+	b, _ := json.Marshal(rep)
+	_ = m.Respond(b)
+}
+
+func (s *Store) onAlive(m *nats.Msg) { _ = m.Respond(nil) }
+
+// reopen makes the bucket again when it is gone (a NATS server without
+// persistence restarted): what it held is lost, but the requests this node
+// runs go on and new ones are kept again.
+func (s *Store) reopen(ctx context.Context) {
+	kv, err := s.store()
+	if err != nil || !s.nc.IsConnected() {
+		return
+	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	if _, err := kv.Status(ctx); errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		s.log.Warn("the request bucket is gone; making it again")
+		_ = s.open(ctx)
+	}
+}
+
+// takeover adopts the pending resources of nodes that no longer answer.
+func (s *Store) takeover(ctx context.Context) {
+	kv, err := s.store()
+	if err != nil || !s.nc.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, takeoverEvery)
+	defer cancel()
+	lister, err := kv.ListKeysFiltered(ctx, "p.>")
+	if err != nil {
+		return
+	}
+	byNode := map[string][]string{}
+	for k := range lister.Keys() {
+		parts := strings.SplitN(k, ".", 3)
+		if len(parts) == 3 && parts[1] != s.node {
+			byNode[parts[1]] = append(byNode[parts[1]], parts[2])
+		}
+	}
+	_ = lister.Stop()
+	for node := range s.misses {
+		if _, ok := byNode[node]; !ok {
+			delete(s.misses, node)
+		}
+	}
+	for node, ids := range byNode {
+		if ctx.Err() != nil {
+			return
+		}
+		if s.alive(node) {
+			delete(s.misses, node)
+			continue
+		}
+		s.misses[node]++
+		if s.misses[node] < takeoverMisses {
+			continue
+		}
+		for _, id := range ids {
+			s.adopt(ctx, id, node)
+		}
+	}
+}
+
+// alive reports whether node answers; only "no responders" counts as gone.
+func (s *Store) alive(node string) bool {
+	_, err := s.nc.Request(s.subject(node, "alive"), nil, aliveTimeout)
+	return !errors.Is(err, nats.ErrNoResponders)
+}
+
+// adopt takes over the pending request id of dead, the first node to
+// swap the record's node winning, and reports whether this node did.
+func (s *Store) adopt(ctx context.Context, id, dead string) bool {
+	kv, err := s.store()
+	if err != nil {
+		return false
+	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
+	e, err := kv.Get(ctx, recordKey(id))
+	if err != nil {
+		_ = kv.Purge(ctx, pendingKey(dead, id))
+		return false
+	}
+	st, err := decodeStored(e.Value())
+	if err != nil || st.Node != dead || st.Status != string(signing.StatusPending) {
+		_ = kv.Purge(ctx, pendingKey(dead, id))
+		return false
+	}
+	st.Node = s.node
+	rec, err := st.record()
+	if err != nil {
+		return false
+	}
+	if !time.Now().Before(rec.Expires) {
+		// Over already: record its end for the readers.
+		rec.Status, rec.Completed = signing.StatusTimeout, rec.Expires
+		st = toStored(rec, s.node)
+	}
+	b, _ := json.Marshal(st)
+	if _, err := kv.Update(ctx, recordKey(id), b, e.Revision()); err != nil {
+		return false // another node was first
+	}
+	_ = kv.Purge(ctx, pendingKey(dead, id))
+	if rec.Status != signing.StatusPending {
+		return false
+	}
+	if _, err := kv.Put(ctx, pendingKey(s.node, id), nil); err != nil {
+		return false
+	}
+	s.log.Info("adopting a request of a node that is gone", "request_id", id, "from", dead)
+	if !s.svc.Adopt(rec) {
+		rec.Status, rec.Completed = signing.StatusUnavailable, time.Now()
+		s.Save(rec)
+		return false
+	}
+	return true
+}

@@ -1,0 +1,86 @@
+package signing
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/signrelay/signrelay/protocol"
+)
+
+// Shared keeps request resources where every node of a cluster sees them,
+// so that a request made on one node can be read, waited for, replayed and
+// cancelled on any other, and taken over when its node dies. A nil Shared
+// is one node: resources live in this node's memory only. Only resources
+// (asynchronous requests and those with an idempotency key) reach it; a
+// blocking request without a key never does.
+//
+// The service calls it outside its locks; every call may do I/O.
+type Shared interface {
+	// Claim records rec, a new pending resource made on this node. With
+	// rec.IdemKey set the first claim of (rec.Owner, rec.IdemKey) wins:
+	// a later one gets ErrClaimed and the winner's record.
+	Claim(ctx context.Context, rec *Record) (*Record, error)
+	// Release forgets a claim whose request was never made (it failed
+	// before, or no node held its key), so that a retry starts fresh.
+	Release(rec *Record)
+	// Save records how a request made or adopted here ended.
+	Save(rec *Record)
+	// Get returns owner's resource id, ErrNotFound when there is none.
+	Get(ctx context.Context, owner, id string) (*Record, error)
+	// Wait returns owner's resource id once it ended, or as it is when
+	// ctx is done.
+	Wait(ctx context.Context, owner, id string) (*Record, error)
+	// Cancel has the node that runs owner's resource id cancel it, with
+	// Service.Cancel's results.
+	Cancel(ctx context.Context, owner, id string) (*Record, error)
+}
+
+// ErrClaimed: the idempotency key was claimed first by another request.
+var ErrClaimed = errors.New("the idempotency key is claimed by another request")
+
+// getShared reads a resource that does not run here, waiting up to wait
+// for its end.
+func (s *Service) getShared(ctx context.Context, owner, id string, wait time.Duration) (*Record, error) {
+	if wait <= 0 {
+		return s.opts.Shared.Get(ctx, owner, id)
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return s.opts.Shared.Wait(ctx, owner, id)
+}
+
+// Adopt takes over rec, a pending resource whose node is gone: it runs
+// here from now on, with the same request_id, expires_at and message, and
+// is offered again to the key's connections on every node (those that
+// had it keep it: the id is the same). It reports false when rec has
+// expired or is already pending here.
+func (s *Service) Adopt(rec *Record) bool {
+	if s.closing.Load() || !time.Now().Before(rec.Expires) {
+		return false
+	}
+	p := &pending{
+		id: uuid.MustParse(rec.ID), idStr: rec.ID, key: rec.Key, owner: rec.Owner, message: rec.Message,
+		ended: make(chan struct{}), expires: rec.Expires, created: rec.Created,
+		description: rec.Description, requester: rec.Requester, async: rec.Async,
+		// Adopted requests wait for a holder: the nodes of their
+		// recipients may come back, and a 404 is no longer an answer.
+		waitForHolder: true, idemKey: rec.IdemKey, fp: rec.Fingerprint,
+	}
+	p.frame = protocol.EncodeSignRequest(p.idStr, p.message, p.description, p.requester, p.expires)
+	if s.res.get(p.owner, p.id) != nil {
+		return false
+	}
+	// The cluster's store holds its idempotency key; here it is found by id.
+	r := &resource{id: p.id, owner: p.owner, fp: p.fp, p: p}
+	s.res.add(r)
+	p.res = r
+	if err := s.publish(p, time.Until(p.expires)); err != nil {
+		s.unmake(p, err)
+		return false
+	}
+	s.log.Info("request taken over", "request_id", p.idStr, "key", p.key.ShortString())
+	return true
+}

@@ -1,0 +1,55 @@
+package tests
+
+import (
+	"testing"
+	"time"
+
+	"github.com/signrelay/signrelay/config"
+)
+
+// §A.5: everything of §B–§C on a three-node cluster: backends on node 0,
+// key holders on node 1, reads and cancels on node 2.
+
+func threeNodes(t *testing.T, mutate func(*config.Config)) deploy {
+	n := startCluster(t, 3, mutate)
+	waitStores(t, n)
+	return deploy{n[0].relay, n[1].relay, n[2].relay}
+}
+
+// waitStores waits until every node's request bucket is open (a JetStream
+// cluster elects its leader first).
+func waitStores(t *testing.T, nodes []*node) {
+	t.Helper()
+	deadline := time.Now().Add(40 * time.Second)
+	for _, n := range nodes {
+		for !n.cn.Store.Ready() {
+			if time.Now().After(deadline) {
+				t.Fatal("request bucket not open")
+			}
+			time.Sleep(20 * time.Millisecond) // polling a condition, bounded
+		}
+	}
+}
+
+// One cluster for every clause: a JetStream cluster takes seconds to elect
+// its leader, and each subtest uses keys of its own.
+func TestClusterResources(t *testing.T) {
+	d := threeNodes(t, namedKeys)
+	for _, tc := range []struct {
+		name string
+		run  func(*testing.T, deploy)
+	}{
+		{"NamedRequester", testNamedRequester},
+		{"AsyncSignAndLongPoll", testAsyncSignAndLongPoll},
+		{"Visibility", testResourceVisibility},
+		{"AsyncTimeout", testAsyncTimeout},
+		{"Cancel", testCancel},
+		{"IdempotentReplay", testIdempotentReplay},
+		{"IdempotentConcurrentRetries", testIdempotentConcurrentRetries},
+		{"NothingRecordedOnEarlyFailure", testIdempotencyNothingRecordedOnEarlyFailure},
+		{"IdempotentCallerGone", testIdempotentCallerGone},
+		{"WaitForHolder", testWaitForHolder},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.run(t, d) })
+	}
+}
