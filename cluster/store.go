@@ -192,7 +192,8 @@ func NewStore(l *Link, o StoreOptions, log *slog.Logger) (*Store, error) {
 			return nil, fmt.Errorf("cluster: JetStream: %w", err)
 		}
 		if err := s.open(ctx); err != nil {
-			return nil, fmt.Errorf("cluster: JetStream bucket %s: %w", s.bucket.Bucket, err)
+			return nil, fmt.Errorf("cluster: JetStream bucket %s (memory, %d bytes = sign.max_results_bytes + sign.max_pending_bytes, %d replicas): %w; the NATS server's jetstream max_memory_store must allow it",
+				s.bucket.Bucket, s.bucket.MaxBytes, s.bucket.Replicas, err)
 		}
 	}
 	return s, nil

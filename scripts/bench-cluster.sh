@@ -405,7 +405,7 @@ bench "$OUT/a-single.txt" load -url "$URL_A" "${LOAD[@]}" -pid "$LAST_PID" -dura
 stop_all
 
 start_external() { # relay A and B on a fresh external nats-server
-	start nats "$NATS" -a 127.0.0.1 -p "$P_NATS" -n bench-nats
+	start nats "$NATS" -a 127.0.0.1 -p "$P_NATS" -n bench-nats -js -sd "$BIN/js"
 	NATS_PID=$LAST_PID
 	wait_port nats "$NATS_PID" "$P_NATS"
 	start_relay relay-a "$OUT/external-a.yaml" "$P_A"

@@ -314,7 +314,7 @@ type natsServer struct {
 }
 
 // startNATS runs nats-server on a free loopback port with user and
-// password, a 1 MiB max_payload and a 1 s ping interval, and waits until
+// password, JetStream, a 1 MiB max_payload and a 1 s ping interval, and waits until
 // it greets a client. It is stopped when the test ends.
 func startNATS(t *testing.T) *natsServer {
 	t.Helper()
@@ -333,7 +333,12 @@ authorization {
   user: "%s"
   password: "%s"
 }
-`, addr, port, natsUser, natsPassword)
+# request resources (async requests, idempotency keys) live in JetStream
+jetstream {
+  store_dir: "%s"
+  max_memory_store: 1073741824
+}
+`, addr, port, natsUser, natsPassword, filepath.Join(t.TempDir(), "js"))
 		path := filepath.Join(t.TempDir(), "nats.conf")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
