@@ -957,6 +957,45 @@ func (s *Service) Close() {
 		sh.mu.Unlock()
 	}
 	for _, p := range all {
+		if p.res != nil && s.opts.Shared != nil {
+			s.leave(p)
+			continue
+		}
 		s.finish(p, outcome{err: ErrShuttingDown}, protocol.CancelShutdown, nil)
 	}
+}
+
+// leave lets go of p, a resource on a cluster, as this node shuts down:
+// it does not end (no sign_cancel, nothing recorded), so another node
+// takes it over as it would from a node that died, and its recipients
+// keep it. Waiters on this node get ErrShuttingDown; an idempotent retry
+// on another node joins the request again.
+func (s *Service) leave(p *pending) {
+	sh := s.shardOf(p.key)
+	sh.mu.Lock()
+	if p.finished {
+		sh.mu.Unlock()
+		return
+	}
+	p.finished = true
+	p.out = outcome{err: ErrShuttingDown}
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	if kp := sh.byKey[p.key]; kp != nil {
+		kp.remove(p)
+		if kp.n == 0 {
+			delete(sh.byKey, p.key)
+		}
+	}
+	delete(sh.byID, p.id)
+	sh.mu.Unlock()
+	s.budget.give(p.owner, len(p.message))
+	s.res.drop(p.res)
+	close(p.ended)
+	s.pending.Add(-1)
+	if !p.async {
+		s.blocking.Add(-1)
+	}
+	s.log.Info("request left for another node", "request_id", p.idStr)
 }
