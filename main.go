@@ -107,8 +107,9 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	m := httpapi.NewMetrics()
 	opts := httpapi.ServiceOptions(cfg, log, node.Bus)
-	opts.Shared = node.Store
+	opts.Shared, opts.Metrics = node.Store, m
 	svc := signing.New(reg, opts)
 	if err := node.Start(svc); err != nil {
 		return nil, err
@@ -120,5 +121,6 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 		Ready:     node.Link.Ready,
 		Clustered: true,
 		Close:     node.Close,
+		Metrics:   m,
 	})
 }

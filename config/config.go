@@ -42,11 +42,20 @@ type Config struct {
 	// Cluster joins this relay to other nodes through NATS; its zero value
 	// (the default) is one node with no NATS. Key: cluster.
 	Cluster Cluster `yaml:"cluster"`
+	// Metrics configures GET /metrics. Key: metrics.
+	Metrics Metrics `yaml:"metrics"`
 	// ShutdownGrace is how long pending requests may finish after SIGTERM.
 	// shutdown_grace, default 10s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// LogLevel is debug, info, warn or error. log_level, default info.
 	LogLevel string `yaml:"log_level"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Listen moves GET /metrics to its own listener (host:port), off the
+	// public one; empty serves it on listen. metrics.listen, default "".
+	Listen string `yaml:"listen"`
 }
 
 // HTTP holds the limits of every TCP connection, before anything is known
@@ -552,6 +561,11 @@ func (c *Config) Validate() error {
 			return bad(fmt.Sprintf("api_keys[%d].name", i), "%q is used twice", k.Name)
 		}
 		names[k.Name] = true
+	}
+	if c.Metrics.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
+			return bad("metrics.listen", "%q is not host:port", c.Metrics.Listen)
+		}
 	}
 	h := c.HTTP
 	if h.MaxConnections < 0 || h.MaxConnections > 1<<24 {

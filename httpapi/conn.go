@@ -198,6 +198,7 @@ func (c *holderConn) Send(frame []byte) bool {
 	if len(c.queue) >= c.srv.queueLimit {
 		c.mu.Unlock()
 		c.logger().Warn("send queue full; closing slow key holder")
+		c.srv.metrics.QueueOverflow()
 		c.CloseNow(protocol.ClosePolicyViolation, "send queue full", ReasonSlowReader)
 		return false
 	}
@@ -311,8 +312,10 @@ func (c *holderConn) finish() {
 	if c.pinger != nil {
 		c.pinger.Stop()
 	}
+	why := c.reason
 	c.mu.Unlock()
 	c.writers.Wait()
+	c.srv.metrics.Disconnected(why.String())
 }
 
 // abort closes the TCP connection at once, so that the reader fails and the

@@ -79,6 +79,7 @@ type errorDetail struct {
 }
 
 func writeError(c *fiber.Ctx, status int, code, message, requestID string) error {
+	c.Locals(localCode, code)
 	return c.Status(status).JSON(errorBody{Error: errorDetail{Code: code, Message: message}, RequestID: requestID})
 }
 

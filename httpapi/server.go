@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,10 +22,12 @@ import (
 
 	"github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
 	"github.com/signrelay/signrelay/config"
+	"github.com/signrelay/signrelay/metrics"
 	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
 	"github.com/signrelay/signrelay/signing"
@@ -66,6 +69,10 @@ type Server struct {
 	// (and their cancels) plus error frames.
 	queueLimit int
 
+	metrics *metrics.Metrics
+	// metricsSrv serves /metrics on metrics.listen; nil when on listen.
+	metricsSrv *http.Server
+
 	draining   atomic.Bool
 	ready      func() bool
 	closeParts func()
@@ -92,6 +99,20 @@ type Parts struct {
 	Close func()
 	// Clustered says that other nodes may hold keys this one does not.
 	Clustered bool
+	// Metrics is what the Service counts into too (NewMetrics); nil makes
+	// one, for a Service built here.
+	Metrics *metrics.Metrics
+}
+
+// NewMetrics makes the relay's metrics, with every close reason of the
+// connection lifecycle as a label value.
+func NewMetrics() *metrics.Metrics {
+	reasons := CloseReasons()
+	names := make([]string, len(reasons))
+	for i, r := range reasons {
+		names[i] = r.String()
+	}
+	return metrics.New(names)
 }
 
 // NewRegistry is the registry a Server of cfg needs.
@@ -137,8 +158,13 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	if parts.Registry == nil {
 		parts.Registry = NewRegistry(cfg)
 	}
+	if parts.Metrics == nil {
+		parts.Metrics = NewMetrics()
+	}
 	if parts.Service == nil {
-		parts.Service = signing.New(parts.Registry, ServiceOptions(cfg, log, nil))
+		opts := ServiceOptions(cfg, log, nil)
+		opts.Metrics = parts.Metrics
+		parts.Service = signing.New(parts.Registry, opts)
 	}
 	if parts.Ready == nil {
 		parts.Ready = func() bool { return true }
@@ -151,6 +177,7 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		ready:        parts.Ready,
 		closeParts:   parts.Close,
 		clustered:    parts.Clustered,
+		metrics:      parts.Metrics,
 		checkedKeys:  newKeySet(checkedKeysSize),
 		unintroduced: newUnintroducedCounter(cfg.WebSocket.MaxUnintroduced, cfg.WebSocket.MaxUnintroducedPerIP),
 		conns:        make(map[*holderConn]struct{}),
@@ -210,6 +237,16 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	s.app.Get("/healthz", s.handleHealth)
 	s.app.Get("/livez", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	s.app.Get("/readyz", s.handleReady)
+	var natsUp func() bool
+	if parts.Clustered {
+		natsUp = parts.Ready
+	}
+	s.metrics.Gauges(s.reg.Len, s.svc.Pending, natsUp)
+	if cfg.Metrics.Listen == "" {
+		s.app.Get("/metrics", adaptor.HTTPHandler(s.metrics.Handler()))
+	} else {
+		s.metricsSrv = &http.Server{Addr: cfg.Metrics.Listen, Handler: s.metrics.Handler(), ReadHeaderTimeout: cfg.HTTP.HeaderTimeout.D()}
+	}
 	s.app.Post("/sign", s.handleSign)
 	s.app.All("/sign", func(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderAllow, fiber.MethodPost)
@@ -265,6 +302,14 @@ func (s *Server) Serve(ln net.Listener) error {
 	limit := s.cfg.HTTP.MaxConnections
 	if limit == 0 {
 		limit = defaultMaxConnections()
+	}
+	if s.metricsSrv != nil {
+		mln, err := net.Listen("tcp", s.metricsSrv.Addr)
+		if err != nil {
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+		s.log.Info("metrics listening", "addr", mln.Addr().String())
+		go func() { _ = s.metricsSrv.Serve(mln) }()
 	}
 	front := newLimitListener(ln, limit, s.cfg.HTTP.MaxConnectionsPerIP, s.trustedProxies, s.cfg.HTTP.HeaderTimeout.D(), s.log)
 	s.listener.Store(front)
@@ -328,6 +373,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	err := s.app.ShutdownWithContext(ctx)
+	if s.metricsSrv != nil {
+		_ = s.metricsSrv.Shutdown(ctx)
+	}
 	if l := s.listener.Load(); l != nil {
 		l.waitLingering(ctx.Done())
 	}

@@ -50,7 +50,10 @@ func (s *Server) apiKeyIndex(h []byte) (int, bool) {
 	return found, found >= 0
 }
 
-func rateLimited(c *fiber.Ctx, retryAfter int, what, requestID string) error {
+// rateLimited answers 429; scope is the metric's (api_key, public_key,
+// client_ip).
+func (s *Server) rateLimited(c *fiber.Ctx, scope string, retryAfter int, what, requestID string) error {
+	s.metrics.RateLimited(scope)
 	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(retryAfter))
 	return writeError(c, fiber.StatusTooManyRequests, codeRateLimited, "rate limit exceeded for this "+what, requestID)
 }
@@ -59,13 +62,27 @@ func rateLimited(c *fiber.Ctx, retryAfter int, what, requestID string) error {
 // the client IP has guessed too often (a right key is never refused).
 func (s *Server) rejectAuth(c *fiber.Ctx) error {
 	if ok, retry := s.authFailures.allow(rateKey(s.clientIP(c))); !ok {
-		return rateLimited(c, retry, "client IP (failed authentication)", "")
+		return s.rateLimited(c, "client_ip", retry, "client IP (failed authentication)", "")
 	}
 	c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="signrelay"`)
 	return writeError(c, fiber.StatusUnauthorized, codeUnauthorized, "missing or unknown API key", "")
 }
 
+// handleSign answers POST /sign and counts the answer by its code.
 func (s *Server) handleSign(c *fiber.Ctx) error {
+	err := s.sign(c)
+	code := "ok"
+	if st := c.Response().StatusCode(); st != fiber.StatusOK && st != fiber.StatusAccepted {
+		code, _ = c.Locals(localCode).(string)
+	}
+	s.metrics.Answered(code)
+	return err
+}
+
+// localCode is where an error answer leaves its error.code for the count.
+const localCode = "signrelay.code"
+
+func (s *Server) sign(c *fiber.Ctx) error {
 	if s.draining.Load() {
 		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "the relay is shutting down", "")
 	}
@@ -75,7 +92,7 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	}
 	owner := s.apiOwners[keyIndex]
 	if ok, retry := s.perAPIKey.allow(owner); !ok {
-		return rateLimited(c, retry, "API key", "")
+		return s.rateLimited(c, "api_key", retry, "API key", "")
 	}
 	if n := len(c.Body()); n > s.bodyLimit {
 		return writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
@@ -123,7 +140,7 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	if s.perPublicKey != nil && (connected || s.clustered || body.WaitForHolder) {
 		if ok, retry := s.perPublicKey.allow(owner + "/" + string(body.PublicKey)); !ok {
 			s.log.Info("sign rate limited", "request_id", requestID, "key", key.ShortString())
-			return rateLimited(c, retry, "public key", requestID)
+			return s.rateLimited(c, "public_key", retry, "public key", requestID)
 		}
 	}
 
@@ -149,12 +166,14 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 		if errors.As(err, &ie) {
 			b.RequestID = ie.RequestID
 		}
+		c.Locals(localCode, code)
 		return c.Status(status).JSON(b)
 	}
 	requestID = h.ID()
 	c.Set("X-Request-Id", requestID)
 	if h.Replayed {
 		c.Set("Idempotent-Replayed", "true")
+		s.metrics.Replayed()
 	}
 	if async {
 		c.Set(fiber.HeaderLocation, "/sign/"+requestID)
@@ -168,6 +187,7 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 	s.log.Info("sign ended", "request_id", requestID, "requester", req.Requester, "key", key.ShortString(),
 		"status", status, "code", code, "replayed", h.Replayed, "ms", time.Since(start).Milliseconds())
 	if status == statusNoResponse {
+		c.Locals(localCode, code)
 		// Nobody is there to read an answer: close the connection
 		// without one, rather than invent a status.
 		c.Context().HijackSetNoResponse(true)
@@ -179,6 +199,7 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 		if re, ok := err.(*signing.RejectedError); ok {
 			b.Error.Reason = &re.Reason
 		}
+		c.Locals(localCode, code)
 		return c.Status(status).JSON(b)
 	}
 	out := protocol.EncodeSignResult(requestID, key, rec.Message, rec.Signature)

@@ -36,12 +36,12 @@ func (s *Server) checkUpgrade(c *fiber.Ctx) error {
 	ip := s.clientIP(c)
 	bucket := rateKey(ip)
 	if ok, retry := s.perIP.allow(bucket); !ok {
-		return rateLimited(c, retry, "client IP", "")
+		return s.rateLimited(c, "client_ip", retry, "client IP", "")
 	}
 	slot, err := s.unintroduced.acquire(bucket)
 	if err != nil {
 		if errors.Is(err, errUnintroducedPerIP) {
-			return rateLimited(c, 1, "client IP (connections not yet introduced)", "")
+			return s.rateLimited(c, "client_ip", 1, "client IP (connections not yet introduced)", "")
 		}
 		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "too many connections are waiting to be introduced; try again later", "")
 	}
@@ -158,6 +158,14 @@ func (s *Server) handleWS(ws *fws.Conn) {
 		c.setReasonLocked(why)
 		c.mu.Unlock()
 		switch why {
+		case ReasonIntroductionFailed:
+			s.metrics.Introduction("failed")
+		case ReasonIntroductionTimeout:
+			s.metrics.Introduction("timeout")
+		default:
+			s.metrics.Introduction("abandoned")
+		}
+		switch why {
 		case ReasonIntroductionFailed, ReasonIntroductionTimeout:
 			c.logger().Info("introduction failed", "why", msg)
 			_ = c.writeNow(protocol.EncodeError(protocol.CodeIntroductionFailed, msg, ""))
@@ -177,9 +185,11 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	// Attach hands over are queued behind it.
 	c.Send(protocol.EncodeIntroduced(c.key, c.session))
 	if err := s.svc.Attach(c); err != nil {
+		s.metrics.Introduction("too_many_connections")
 		c.refuseIntroduced(err)
 		return
 	}
+	s.metrics.Introduction("ok")
 	// Also on a panic: a holder left registered would take a place of its
 	// key and swallow its requests until they time out.
 	defer s.svc.Detach(c)

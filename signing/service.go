@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/signrelay/signrelay/metrics"
 	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
 )
@@ -93,6 +94,8 @@ type Options struct {
 	Bus Bus
 	// Shared keeps request resources for the whole cluster; nil for one node.
 	Shared Shared
+	// Metrics observes how long requests live; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 func (o *Options) setDefaults() {
@@ -696,6 +699,7 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 		}
 	}
 	close(p.ended)
+	s.opts.Metrics.Ended(p.completed.Sub(p.created).Seconds())
 	s.pending.Add(-1)
 	if !p.async && s.blocking.Add(-1) == 0 && s.closing.Load() {
 		select {

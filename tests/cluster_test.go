@@ -89,14 +89,15 @@ func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.N
 	if err != nil {
 		return nil, nil, err
 	}
+	m := httpapi.NewMetrics()
 	opts := httpapi.ServiceOptions(cfg, log, cn.Bus)
-	opts.Shared = cn.Store
+	opts.Shared, opts.Metrics = cn.Store, m
 	svc := signing.New(reg, opts)
 	if err := cn.Start(svc); err != nil {
 		return nil, nil, err
 	}
 	srv, err := httpapi.NewWithParts(cfg, log, httpapi.Parts{
-		Registry: reg, Service: svc, Ready: cn.Link.Ready, Clustered: true, Close: cn.Close,
+		Registry: reg, Service: svc, Ready: cn.Link.Ready, Clustered: true, Close: cn.Close, Metrics: m,
 	})
 	return srv, cn, err
 }
