@@ -26,6 +26,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 
+	"github.com/signrelay/signrelay/api"
 	"github.com/signrelay/signrelay/config"
 	"github.com/signrelay/signrelay/metrics"
 	"github.com/signrelay/signrelay/protocol"
@@ -237,6 +238,10 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	s.app.Get("/healthz", s.handleHealth)
 	s.app.Get("/livez", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	s.app.Get("/readyz", s.handleReady)
+	s.app.Get("/openapi.yaml", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderContentType, "application/yaml")
+		return c.Send(api.OpenAPI)
+	})
 	var natsUp func() bool
 	if parts.Clustered {
 		natsUp = parts.Ready
