@@ -107,9 +107,14 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	j, err := httpapi.OpenJournal(cfg, log)
+	if err != nil {
+		node.Close()
+		return nil, err
+	}
 	m := httpapi.NewMetrics()
 	opts := httpapi.ServiceOptions(cfg, log, node.Bus)
-	opts.Shared, opts.Metrics = node.Store, m
+	opts.Shared, opts.Metrics, opts.Journal = node.Store, m, j
 	svc := signing.New(reg, opts)
 	if err := node.Start(svc); err != nil {
 		return nil, err
@@ -122,5 +127,6 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 		Clustered: true,
 		Close:     node.Close,
 		Metrics:   m,
+		Journal:   j,
 	})
 }

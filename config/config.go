@@ -44,11 +44,24 @@ type Config struct {
 	Cluster Cluster `yaml:"cluster"`
 	// Metrics configures GET /metrics. Key: metrics.
 	Metrics Metrics `yaml:"metrics"`
+	// Audit configures the hash-chained audit log. Key: audit.
+	Audit Audit `yaml:"audit"`
 	// ShutdownGrace is how long pending requests may finish after SIGTERM.
 	// shutdown_grace, default 10s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// LogLevel is debug, info, warn or error. log_level, default info.
 	LogLevel string `yaml:"log_level"`
+}
+
+// Audit configures the audit log (contract §F; docs/audit.md).
+type Audit struct {
+	// Path is the file each ended request is appended to; empty: no audit
+	// log. audit.path, default "".
+	Path string `yaml:"path"`
+	// Fsync is when lines are forced to disk: always (before a signature
+	// is released; the default), interval (every second) or never.
+	// audit.fsync, default always.
+	Fsync string `yaml:"fsync"`
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -489,6 +502,7 @@ func Default() Config {
 			Embedded:      Embedded{ClusterName: "signrelay"},
 		},
 		ShutdownGrace: Duration(10 * time.Second),
+		Audit:         Audit{Fsync: "always"},
 		LogLevel:      "info",
 	}
 }
@@ -561,6 +575,11 @@ func (c *Config) Validate() error {
 			return bad(fmt.Sprintf("api_keys[%d].name", i), "%q is used twice", k.Name)
 		}
 		names[k.Name] = true
+	}
+	switch c.Audit.Fsync {
+	case "always", "interval", "never":
+	default:
+		return bad("audit.fsync", "%q must be always, interval or never", c.Audit.Fsync)
 	}
 	if c.Metrics.Listen != "" {
 		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {

@@ -43,6 +43,7 @@ var signErrors = []struct {
 	{signing.ErrTimeout, fiber.StatusGatewayTimeout, codeTimeout},
 	{signing.ErrInvalidSignature, fiber.StatusBadGateway, codeInvalidSignature},
 	{signing.ErrShuttingDown, fiber.StatusServiceUnavailable, codeUnavailable},
+	{signing.ErrJournal, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrTooManyPending, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrClusterUnreachable, fiber.StatusServiceUnavailable, codeUnavailable},
 	{signing.ErrCancelled, fiber.StatusConflict, codeCancelled},

@@ -71,6 +71,7 @@ type Server struct {
 	queueLimit int
 
 	metrics *metrics.Metrics
+	journal *Journal
 	// metricsSrv serves /metrics on metrics.listen; nil when on listen.
 	metricsSrv *http.Server
 
@@ -103,6 +104,9 @@ type Parts struct {
 	// Metrics is what the Service counts into too (NewMetrics); nil makes
 	// one, for a Service built here.
 	Metrics *metrics.Metrics
+	// Journal is the Service's (OpenJournal), closed at Shutdown; nil
+	// opens one, for a Service built here.
+	Journal *Journal
 }
 
 // NewMetrics makes the relay's metrics, with every close reason of the
@@ -163,8 +167,13 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		parts.Metrics = NewMetrics()
 	}
 	if parts.Service == nil {
+		j, err := OpenJournal(cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		parts.Journal = j
 		opts := ServiceOptions(cfg, log, nil)
-		opts.Metrics = parts.Metrics
+		opts.Metrics, opts.Journal = parts.Metrics, j
 		parts.Service = signing.New(parts.Registry, opts)
 	}
 	if parts.Ready == nil {
@@ -179,6 +188,7 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		closeParts:   parts.Close,
 		clustered:    parts.Clustered,
 		metrics:      parts.Metrics,
+		journal:      parts.Journal,
 		checkedKeys:  newKeySet(checkedKeysSize),
 		unintroduced: newUnintroducedCounter(cfg.WebSocket.MaxUnintroduced, cfg.WebSocket.MaxUnintroducedPerIP),
 		conns:        make(map[*holderConn]struct{}),
@@ -386,6 +396,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if s.closeParts != nil {
 		s.closeOnce.Do(s.closeParts)
+	}
+	if cerr := s.journal.Close(); cerr != nil {
+		s.log.Error("closing the audit log", "err", cerr)
 	}
 	return err
 }

@@ -184,8 +184,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 	if err != nil {
 		status, code = mapSignError(err)
 	}
-	s.log.Info("sign ended", "request_id", requestID, "requester", req.Requester, "key", key.ShortString(),
-		"status", status, "code", code, "replayed", h.Replayed, "ms", time.Since(start).Milliseconds())
+	s.log.Debug("sign answered", "request_id", requestID, "status", status, "code", code, "replayed", h.Replayed, "ms", time.Since(start).Milliseconds())
 	if status == statusNoResponse {
 		c.Locals(localCode, code)
 		// Nobody is there to read an answer: close the connection

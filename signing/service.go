@@ -96,6 +96,8 @@ type Options struct {
 	Shared Shared
 	// Metrics observes how long requests live; nil counts nothing.
 	Metrics *metrics.Metrics
+	// Journal records every end before it is released; nil for none.
+	Journal Journal
 }
 
 func (o *Options) setDefaults() {
@@ -682,6 +684,15 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 	sh.mu.Unlock()
 	s.budget.give(p.owner, len(p.message))
 
+	if s.opts.Journal != nil {
+		if err := s.opts.Journal.Ended(p.record(true), o.err); err != nil {
+			s.log.Error("audit log not written", "request_id", p.idStr, "err", err)
+			if o.err == nil {
+				// Fail closed: no signature leaves without its line.
+				p.out = outcome{err: ErrJournal}
+			}
+		}
+	}
 	if p.res != nil {
 		// Recorded before anyone hears of the end, so that whoever hears
 		// of it can read it on any node.

@@ -84,3 +84,16 @@ func (s *Service) Adopt(rec *Record) bool {
 	s.log.Info("request taken over", "request_id", p.idStr, "key", p.key.ShortString())
 	return true
 }
+
+// Journal hears of every request's end first, before any waiter and
+// before the end is recorded anywhere else: the audit log. Ended may do
+// I/O; the service calls it outside its locks. When it fails for a
+// signature, the signature is not released: the request ends with
+// ErrJournal instead (503).
+type Journal interface {
+	Ended(rec *Record, err error) error
+}
+
+// ErrJournal: the request's end could not be written to the audit log, so
+// its signature is withheld.
+var ErrJournal = errors.New("the relay cannot write its audit log; the signature is withheld")

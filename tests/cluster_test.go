@@ -89,15 +89,20 @@ func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.N
 	if err != nil {
 		return nil, nil, err
 	}
+	j, err := httpapi.OpenJournal(cfg, log)
+	if err != nil {
+		cn.Close()
+		return nil, nil, err
+	}
 	m := httpapi.NewMetrics()
 	opts := httpapi.ServiceOptions(cfg, log, cn.Bus)
-	opts.Shared, opts.Metrics = cn.Store, m
+	opts.Shared, opts.Metrics, opts.Journal = cn.Store, m, j
 	svc := signing.New(reg, opts)
 	if err := cn.Start(svc); err != nil {
 		return nil, nil, err
 	}
 	srv, err := httpapi.NewWithParts(cfg, log, httpapi.Parts{
-		Registry: reg, Service: svc, Ready: cn.Link.Ready, Clustered: true, Close: cn.Close, Metrics: m,
+		Registry: reg, Service: svc, Ready: cn.Link.Ready, Clustered: true, Close: cn.Close, Metrics: m, Journal: j,
 	})
 	return srv, cn, err
 }

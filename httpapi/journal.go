@@ -1,0 +1,61 @@
+package httpapi
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/signrelay/signrelay/audit"
+	"github.com/signrelay/signrelay/config"
+	"github.com/signrelay/signrelay/signing"
+)
+
+// Journal is the service's signing.Journal: the one info log line of every
+// ended request and, with audit.path set, its audit line. It maps each end
+// to the status and code a blocking call gets, through the same table as
+// the answers.
+type Journal struct {
+	log   *slog.Logger
+	audit *audit.Log // nil without audit.path
+}
+
+// OpenJournal opens cfg's audit log, continuing its chain.
+func OpenJournal(cfg config.Config, log *slog.Logger) (*Journal, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	j := &Journal{log: log}
+	if cfg.Audit.Path != "" {
+		l, err := audit.Open(cfg.Audit.Path, audit.Sync(cfg.Audit.Fsync))
+		if err != nil {
+			return nil, err
+		}
+		j.audit = l
+	}
+	return j, nil
+}
+
+// Ended implements signing.Journal.
+func (j *Journal) Ended(rec *signing.Record, err error) error {
+	status, code := 200, "ok"
+	if err != nil {
+		status, code = mapSignError(err)
+	}
+	j.log.Info("sign ended", "request_id", rec.ID, "requester", rec.Requester, "key", rec.Key.ShortString(),
+		"status", status, "code", code, "ms", rec.Completed.Sub(rec.Created).Milliseconds())
+	if j.audit == nil {
+		return nil
+	}
+	return j.audit.Append(audit.Entry{
+		Time: rec.Completed.UTC().Format(time.RFC3339Nano), RequestID: rec.ID, Requester: rec.Requester,
+		PublicKey: rec.Key.String(), MessageSHA256: audit.MessageDigest(rec.Message), Description: rec.Description,
+		Code: code, Status: status,
+	})
+}
+
+// Close closes the audit log; harmless twice and on nil.
+func (j *Journal) Close() error {
+	if j == nil || j.audit == nil {
+		return nil
+	}
+	return j.audit.Close()
+}
