@@ -46,14 +46,15 @@ test-go: deps-go deps-nats
 	$(GO) test -race -count=1 ./...
 
 # A short run of each fuzz target on top of the shipped seed corpus: the
-# decoders (fast path against the reference), the weak-key check and the
-# X-Forwarded-For walk.
+# decoders (fast path against the reference), the weak-key check, the
+# X-Forwarded-For walk and the cluster bus's binary messages.
 fuzz: deps-go
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeHolderFrame$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignBody$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeObject$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzPublicKeyCheck$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzRealClientIP$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./httpapi
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) ./cluster
 
 # Every testing.B benchmark once, so that none rots; no timing is judged.
 bench-smoke: deps-go

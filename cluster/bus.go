@@ -38,6 +38,18 @@ const (
 	// death.
 	ownerMisses     = 2
 	recipientMisses = 3
+	// attachDelay is how long a node that was handed a request waits
+	// before it tells the owner which connections have it, so that a key
+	// holder that answers within it sends one message (the answer, with
+	// the recipients) instead of two; those that do not are reported
+	// together, one message per owner. It is well under signing's
+	// exhaustGrace (200 ms), the time an owner gives recipients on other
+	// nodes to become known before it ends a request whose every known
+	// recipient answered invalidly.
+	attachDelay = 20 * time.Millisecond
+	// attachBatch bounds the size of one attached message (bytes of
+	// request ids, keys and sessions): far under any max_payload.
+	attachBatch = 4096
 	// helloAgain repeats an attach announcement, for owners that had not
 	// yet learned of this node's interest when it was first sent.
 	helloAgain = 50 * time.Millisecond
@@ -52,44 +64,6 @@ const (
 	// checkers bounds the checks of other nodes that run at once.
 	checkers = 16
 )
-
-// Message types on the bus.
-const (
-	msgDeliver  = "deliver"  // owner → key holders' nodes: a request
-	msgAttached = "attached" // holder node → owner: connections that received it
-	msgAnswer   = "answer"   // holder node → owner: a sign_response (sig nil: did not verify there)
-	msgReject   = "reject"   // holder node → owner: a sign_reject
-	msgDetached = "detached" // holder node → owner: a recipient closed
-	msgEnd      = "end"      // owner → key holders' nodes: the request ended
-	msgHello    = "hello"    // holder node → owners: a connection of the key was introduced
-)
-
-// envelope is every message of the bus, as JSON. Keys travel whole; the
-// subjects carry only their hash.
-type envelope struct {
-	T        string             `json:"t"`
-	ID       string             `json:"id,omitempty"`
-	Key      []byte             `json:"key,omitempty"`
-	Node     string             `json:"node,omitempty"` // the sender
-	Session  string             `json:"session,omitempty"`
-	Sessions []string           `json:"sessions,omitempty"`
-	Frame    json.RawMessage    `json:"frame,omitempty"`
-	Sig      []byte             `json:"sig,omitempty"`
-	Reason   string             `json:"reason,omitempty"`
-	Expires  int64              `json:"exp,omitempty"` // unix milliseconds
-	WinNode  string             `json:"win_node,omitempty"`
-	WinSess  string             `json:"win_session,omitempty"`
-	Refs     map[string][]byte  `json:"refs,omitempty"` // request id → key, in pings
-	Ended    map[string]endInfo `json:"ended,omitempty"`
-}
-
-// endInfo is how a request ended, as a ping's answer tells it: the reason
-// for its recipients, and the winner, who must not hear it.
-type endInfo struct {
-	Reason  string `json:"reason"`
-	WinNode string `json:"win_node,omitempty"`
-	WinSess string `json:"win_session,omitempty"`
-}
 
 // remote is a connection on another node as the service sees it. It is a
 // comparable value: two messages naming the same node and session name the
@@ -114,6 +88,20 @@ type held struct {
 	recipients map[registry.Holder]struct{}
 	failed     map[registry.Holder]struct{}
 	sent       *envelope // a valid answer or a reject forwarded to the owner
+	// reported: the owner has been told the recipients here, in an
+	// attached message or with the first answer; until then the request
+	// waits in Bus.attachQ until due.
+	reported bool
+	due      time.Time
+}
+
+// sessionsLocked lists the sessions of h's recipients here.
+func (h *held) sessionsLocked() []string {
+	ss := make([]string, 0, len(h.recipients))
+	for c := range h.recipients {
+		ss = append(ss, c.SessionID())
+	}
+	return ss
 }
 
 // Bus is signing.Bus over NATS. The node that takes a POST /sign owns the
@@ -136,6 +124,7 @@ type Bus struct {
 	svc   *signing.Service
 	inbox chan *nats.Msg
 	node0 *nats.Subscription
+	kick  chan struct{} // the attacher: attachQ was empty and is not
 
 	stop chan struct{}
 	done sync.WaitGroup
@@ -152,6 +141,7 @@ type Bus struct {
 	nodeRefs map[string]int                 // owner side: how many of them each node has
 	probes   map[string]*probe              // owner side: requests asking whether any node holds their key
 	missed   map[string]int                 // nodes that met "no responders" in the last checks, and how often
+	attachQ  []*held                        // holder side: delivered, recipients not reported yet, by due
 	closed   bool
 	// epoch counts the link's reconnects: a "no responders" for a probe
 	// of an earlier epoch says nothing (the others may not be back yet).
@@ -166,6 +156,7 @@ type probe struct {
 
 type waitSub struct {
 	sub  *nats.Subscription
+	keyS string              // the key's subject
 	ids  map[string]struct{} // requests owned here offered for the key
 	idle time.Time           // when ids last became empty
 }
@@ -193,6 +184,7 @@ func newBus(nc *nats.Conn, node, prefix string, ready func() bool, reg *registry
 	return &Bus{
 		nc: nc, node: node, prefix: prefix, ready: ready, reg: reg, log: log.With("node", node),
 		stop:     make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 		keySubs:  make(map[protocol.PublicKey]*nats.Subscription),
 		waitSubs: make(map[protocol.PublicKey]*waitSub),
 		heldByID: make(map[string]*held),
@@ -231,9 +223,10 @@ func (b *Bus) Start(svc *signing.Service) error {
 	if err := b.nc.Flush(); err != nil {
 		return err
 	}
-	b.done.Add(2)
+	b.done.Add(3)
 	go b.keyWorker()
 	go b.maintain()
+	go b.attacher()
 	return nil
 }
 
@@ -264,18 +257,28 @@ func (b *Bus) Close() {
 	b.done.Wait()
 }
 
+// emptyPing asks a node only whether it is there.
+var emptyPing = appendEnvelope(nil, &envelope{T: msgPing})
+
 // Ready implements signing.Bus.
 func (b *Bus) Ready() bool { return b.ready() }
 
 func (b *Bus) publish(subject, reply string, e *envelope) {
-	data, err := json.Marshal(e)
-	if err != nil {
-		b.log.Error("bus: encoding a message", "err", err)
-		return
+	bp := wireBufs.Get().(*[]byte)
+	data := appendEnvelope((*bp)[:0], e)
+	// nats.go copies the message into its write buffer before it returns.
+	var err error
+	if reply == "" {
+		err = b.nc.Publish(subject, data)
+	} else {
+		err = b.nc.PublishRequest(subject, reply, data)
 	}
-	m := &nats.Msg{Subject: subject, Reply: reply, Data: data}
-	if err := b.nc.PublishMsg(m); err != nil {
+	if err != nil {
 		b.log.Debug("bus: publish failed", "subject", subject, "err", err)
+	}
+	if cap(data) <= 64<<10 {
+		*bp = data
+		wireBufs.Put(bp)
 	}
 }
 
@@ -294,18 +297,23 @@ func (b *Bus) Offer(o signing.Offer) {
 	if w == nil && !b.closed {
 		sub, err := b.nc.ChanSubscribe(b.waitSubject(o.Key), b.inbox)
 		if err == nil {
-			w = &waitSub{sub: sub, ids: make(map[string]struct{})}
+			w = &waitSub{sub: sub, keyS: b.keySubject(o.Key), ids: make(map[string]struct{})}
 			b.waitSubs[o.Key] = w
 		}
 	}
+	subject := ""
 	if w != nil {
 		w.ids[o.ID] = struct{}{}
+		subject = w.keyS
 	}
 	if o.Probe {
 		b.probes[o.ID] = &probe{offer: o, epoch: b.epoch}
 	}
 	b.mu.Unlock()
-	b.deliver(b.keySubject(o.Key), o)
+	if subject == "" {
+		subject = b.keySubject(o.Key)
+	}
+	b.deliver(subject, o)
 }
 
 func (b *Bus) deliver(subject string, o signing.Offer) {
@@ -338,18 +346,23 @@ func (b *Bus) End(id string, key protocol.PublicKey, reason string, except regis
 	// its way, and is then answered with how the request really ended.
 	b.ended[id] = note
 	b.forgetRemotesLocked(id)
+	subject := ""
 	if w := b.waitSubs[key]; w != nil {
 		delete(w.ids, id)
 		if len(w.ids) == 0 {
 			w.idle = time.Now()
 		}
+		subject = w.keyS
 	}
 	b.mu.Unlock()
+	if subject == "" {
+		subject = b.keySubject(key)
+	}
 	e := &envelope{T: msgEnd, ID: id, Key: keyBytes(key), Node: b.node, Reason: reason}
 	if r, ok := except.(remote); ok {
 		e.WinNode, e.WinSess = r.node, r.session
 	}
-	b.publish(b.keySubject(key), "", e)
+	b.publish(subject, "", e)
 }
 
 // onNodeMsg handles what comes to this node's own subjects, in order.
@@ -366,7 +379,13 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		}
 	}
 	var e envelope
-	if json.Unmarshal(m.Data, &e) != nil {
+	if decodeEnvelope(m.Data, &e) != nil {
+		return
+	}
+	if e.T == msgAttached {
+		for _, a := range e.Att {
+			b.attached(e.Node, a)
+		}
 		return
 	}
 	key, err := protocol.PublicKeyFromBytes(e.Key)
@@ -374,13 +393,19 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		return
 	}
 	switch e.T {
-	case msgAttached:
-		b.attached(e, key)
 	case msgAnswer:
+		// The recipients there ride with the first answer when it came
+		// before they were reported.
+		if len(e.Sessions) > 0 && !b.attached(e.Node, attachment{ID: e.ID, Key: e.Key, Sessions: e.Sessions}) {
+			return
+		}
 		r := remote{node: e.Node, session: e.Session, key: key}
 		b.noteRemote(e.ID, r)
 		b.svc.RemoteAnswer(e.ID, r, e.Sig)
 	case msgReject:
+		if len(e.Sessions) > 0 && !b.attached(e.Node, attachment{ID: e.ID, Key: e.Key, Sessions: e.Sessions}) {
+			return
+		}
 		r := remote{node: e.Node, session: e.Session, key: key}
 		b.noteRemote(e.ID, r)
 		b.svc.RemoteReject(e.ID, r, e.Reason)
@@ -402,22 +427,28 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 	}
 }
 
-// attached records remote recipients of a request made here. One that is
-// over by now is told so, so that its node does not show it.
-func (b *Bus) attached(e envelope, key protocol.PublicKey) {
+// attached records remote recipients on node of a request made here, and
+// reports whether it is still pending. A node that holds one over by now
+// is told so, so that it does not show it.
+func (b *Bus) attached(node string, a attachment) bool {
+	key, err := protocol.PublicKeyFromBytes(a.Key)
+	if err != nil {
+		return false
+	}
 	b.mu.Lock()
-	delete(b.probes, e.ID)
+	delete(b.probes, a.ID)
 	b.mu.Unlock()
-	for _, s := range e.Sessions {
-		r := remote{node: e.Node, session: s, key: key}
-		if b.svc.AddRemote(e.ID, r) {
-			b.noteRemote(e.ID, r)
+	for _, s := range a.Sessions {
+		r := remote{node: node, session: s, key: key}
+		if b.svc.AddRemote(a.ID, r) {
+			b.noteRemote(a.ID, r)
 		} else {
-			end := b.endOf(e.ID)
-			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgEnd, ID: e.ID, Key: e.Key, Node: b.node, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
-			return
+			end := b.endOf(a.ID)
+			b.publish(b.nodeSubject(node, "in"), "", &envelope{T: msgEnd, ID: a.ID, Key: a.Key, Node: b.node, Reason: end.Reason, WinNode: end.WinNode, WinSess: end.WinSess})
+			return false
 		}
 	}
+	return true
 }
 
 // noteRemote records r as a recipient of the request id made here, for the
@@ -510,8 +541,8 @@ func (b *Bus) hello(e envelope, key protocol.PublicKey) {
 // ended (and why); an empty ping only proves this node is alive.
 func (b *Bus) answerPing(m *nats.Msg) {
 	var e envelope
-	_ = json.Unmarshal(m.Data, &e)
-	out := envelope{T: "pong", Node: b.node}
+	_ = decodeEnvelope(m.Data, &e) // an empty ping (or none) proves this node is alive
+	out := envelope{T: msgPong, Node: b.node}
 	for id, kb := range e.Refs {
 		key, err := protocol.PublicKeyFromBytes(kb)
 		if err != nil || b.svc.IsPending(id, key) {
@@ -522,8 +553,7 @@ func (b *Bus) answerPing(m *nats.Msg) {
 		}
 		out.Ended[id] = b.endOf(id)
 	}
-	data, _ := json.Marshal(&out)
-	_ = m.Respond(data)
+	_ = m.Respond(appendEnvelope(nil, &out))
 }
 
 // --- holder side ------------------------------------------------------------
@@ -538,7 +568,7 @@ func (b *Bus) keyWorker() {
 			return
 		case m := <-b.inbox:
 			var e envelope
-			if json.Unmarshal(m.Data, &e) != nil {
+			if decodeEnvelope(m.Data, &e) != nil {
 				continue
 			}
 			key, err := protocol.PublicKeyFromBytes(e.Key)
@@ -577,10 +607,12 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 		return
 	}
 	h := b.heldByID[e.ID]
-	if h == nil {
+	first := h == nil
+	if first {
 		h = &held{
-			id: e.ID, owner: e.Node, key: key, frame: []byte(e.Frame), message: req.Message,
-			expires: time.UnixMilli(e.Expires), recipients: make(map[registry.Holder]struct{}),
+			id: e.ID, owner: e.Node, key: key, frame: e.Frame, message: req.Message,
+			expires: time.UnixMilli(e.Expires), recipients: make(map[registry.Holder]struct{}, len(local)),
+			due: time.Now().Add(attachDelay),
 		}
 		b.heldByID[e.ID] = h
 		if b.heldKeys[key] == nil {
@@ -589,23 +621,109 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 		b.heldKeys[key][e.ID] = h
 	}
 	var fresh []registry.Holder
-	sessions := make([]string, 0, len(local))
 	for _, c := range local {
 		if _, ok := h.recipients[c]; !ok {
 			h.recipients[c] = struct{}{}
 			fresh = append(fresh, c)
 		}
-		sessions = append(sessions, c.SessionID())
+	}
+	// The first delivery is reported with the first answer, or after
+	// attachDelay. One that comes again (a redelivery, a re-offer after an
+	// outage) is answered at once: its owner may have forgotten them.
+	kick := false
+	var sessions []string
+	if first {
+		b.attachQ = append(b.attachQ, h)
+		kick = len(b.attachQ) == 1
+	} else if h.reported {
+		sessions = h.sessionsLocked()
 	}
 	frame := h.frame
 	b.mu.Unlock()
 	for _, c := range fresh {
 		c.Send(frame)
 	}
-	if reply == "" {
-		reply = b.nodeSubject(e.Node, "in")
+	if kick {
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
 	}
-	b.publish(reply, "", &envelope{T: msgAttached, ID: e.ID, Key: e.Key, Node: b.node, Sessions: sessions})
+	if sessions != nil {
+		if reply == "" {
+			reply = b.nodeSubject(e.Node, "in")
+		}
+		b.publish(reply, "", &envelope{T: msgAttached, Node: b.node, Att: []attachment{{ID: e.ID, Key: e.Key, Sessions: sessions}}})
+	}
+}
+
+// attacher tells owners which connections here received their requests,
+// once attachDelay has passed since a request came and no answer has
+// told them already: one attached message per owner for all that are due.
+func (b *Bus) attacher() {
+	defer b.done.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	type batch struct {
+		att  []attachment
+		size int
+	}
+	for {
+		now := time.Now()
+		wait := time.Duration(-1)
+		byOwner := make(map[string][]*batch)
+		b.mu.Lock()
+		n := 0
+		for ; n < len(b.attachQ); n++ {
+			h := b.attachQ[n]
+			if h.due.After(now) {
+				wait = h.due.Sub(now)
+				break
+			}
+			if h.reported || b.heldByID[h.id] != h || len(h.recipients) == 0 {
+				continue
+			}
+			h.reported = true
+			a := attachment{ID: h.id, Key: keyBytes(h.key), Sessions: h.sessionsLocked()}
+			size := len(a.ID) + len(a.Key) + 8
+			for _, s := range a.Sessions {
+				size += len(s) + 2
+			}
+			bs := byOwner[h.owner]
+			if len(bs) == 0 || bs[len(bs)-1].size+size > attachBatch {
+				bs = append(bs, &batch{})
+				byOwner[h.owner] = bs
+			}
+			last := bs[len(bs)-1]
+			last.att = append(last.att, a)
+			last.size += size
+		}
+		clear(b.attachQ[:n])
+		b.attachQ = append(b.attachQ[:0], b.attachQ[n:]...)
+		b.mu.Unlock()
+		for owner, bs := range byOwner {
+			for _, bt := range bs {
+				b.publish(b.nodeSubject(owner, "in"), "", &envelope{T: msgAttached, Node: b.node, Att: bt.att})
+			}
+		}
+		var timer <-chan time.Time
+		if wait >= 0 {
+			t.Reset(wait)
+			timer = t.C
+		}
+		select {
+		case <-b.stop:
+			return
+		case <-b.kick:
+		case <-timer:
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+	}
 }
 
 // endHeld ends a request of another node here: its recipients but the
@@ -629,10 +747,13 @@ func (b *Bus) endHeldTomb(e envelope, tomb bool) {
 	if h == nil || e.Reason == "" {
 		return
 	}
-	cancel := protocol.EncodeSignCancel(e.ID, e.Reason)
+	var cancel []byte // often nobody but the winner is here
 	for c := range h.recipients {
 		if e.WinNode == b.node && c.SessionID() == e.WinSess {
 			continue
+		}
+		if cancel == nil {
+			cancel = protocol.EncodeSignCancel(e.ID, e.Reason)
 		}
 		c.Send(cancel)
 	}
@@ -692,7 +813,7 @@ func (b *Bus) Attached(c registry.Holder) {
 	}
 	for _, g := range gives {
 		c.Send(g.frame)
-		b.publish(b.nodeSubject(g.owner, "in"), "", &envelope{T: msgAttached, ID: g.id, Key: keyBytes(key), Node: b.node, Sessions: []string{c.SessionID()}})
+		b.publish(b.nodeSubject(g.owner, "in"), "", &envelope{T: msgAttached, Node: b.node, Att: []attachment{{ID: g.id, Key: keyBytes(key), Sessions: []string{c.SessionID()}}}})
 	}
 	hello := &envelope{T: msgHello, Key: keyBytes(key), Node: b.node}
 	b.publish(b.waitSubject(key), "", hello)
@@ -762,6 +883,7 @@ func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.Fra
 		e.Sig = f.Signature
 	}
 	b.mu.Lock()
+	b.reportWithLocked(h, e)
 	if ferr != nil {
 		if h.failed == nil {
 			h.failed = make(map[registry.Holder]struct{})
@@ -775,6 +897,15 @@ func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.Fra
 	return ferr
 }
 
+// reportWithLocked: the first answer (or reject) carries the recipients
+// here when they have not been reported yet.
+func (b *Bus) reportWithLocked(h *held, e *envelope) {
+	if !h.reported {
+		h.reported = true
+		e.Sessions = h.sessionsLocked()
+	}
+}
+
 // Reject implements signing.Bus.
 func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameError {
 	h := b.heldFor(c, f.RequestID)
@@ -783,6 +914,7 @@ func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameE
 	}
 	e := &envelope{T: msgReject, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID(), Reason: f.Reason}
 	b.mu.Lock()
+	b.reportWithLocked(h, e)
 	if h.sent == nil {
 		h.sent = e
 	}
@@ -829,7 +961,7 @@ func (b *Bus) checkRecipientNodes() {
 	}
 	b.mu.Unlock()
 	for _, n := range nodes {
-		_, err := b.nc.Request(b.nodeSubject(n, "ping"), []byte(`{}`), pingTimeout)
+		_, err := b.nc.Request(b.nodeSubject(n, "ping"), emptyPing, pingTimeout)
 		if !b.gone("recipients:"+n, err, recipientMisses) {
 			continue
 		}
@@ -907,7 +1039,7 @@ func (b *Bus) checkOwners() {
 
 // checkOwner asks owner about the requests refs (id → key) held here.
 func (b *Bus) checkOwner(owner string, refs map[string][]byte) {
-	req, _ := json.Marshal(&envelope{T: "ping", Node: b.node, Refs: refs})
+	req := appendEnvelope(nil, &envelope{T: msgPing, Node: b.node, Refs: refs})
 	m, err := b.nc.Request(b.nodeSubject(owner, "ping"), req, pingTimeout)
 	switch {
 	case b.gone("owner:"+owner, err, ownerMisses):
@@ -919,7 +1051,7 @@ func (b *Bus) checkOwner(owner string, refs map[string][]byte) {
 		}
 	case err == nil:
 		var e envelope
-		if json.Unmarshal(m.Data, &e) != nil {
+		if decodeEnvelope(m.Data, &e) != nil {
 			return
 		}
 		for id, end := range e.Ended {
