@@ -21,7 +21,10 @@
 # Environment: BENCH_OUT (results, default /tmp/signrelay-bench-cluster),
 # BENCH_PORT (the first port tried, default 19480; ports in use are skipped),
 # BENCH_DURATION (closed-loop window, default 20s), NATS_SERVER (a
-# nats-server binary to use).
+# nats-server binary to use), BENCH_PROFILE=1 (build the relay with
+# -tags signrelay_pprof and write CPU profiles of relay A and B over step b's
+# window to $BENCH_OUT/b-relay-{a,b}.pprof; read them with
+# go tool pprof $BENCH_OUT/signrelay $BENCH_OUT/b-relay-a.pprof).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -117,8 +120,9 @@ start() { # start NAME COMMAND...: in the background, output to $OUT/NAME.log
 }
 # launch_relay NAME CONFIG: a relay (its pid in LAST_PID; the environment's
 # SIGNRELAY_LISTEN and SIGNRELAY_API_KEYS would override the configuration).
+PPROF= # host:port for the next relay's pprof (BENCH_PROFILE builds only)
 launch_relay() {
-	start "$1" env -u SIGNRELAY_LISTEN -u SIGNRELAY_API_KEYS "$BIN/signrelay" -config "$2"
+	start "$1" env -u SIGNRELAY_LISTEN -u SIGNRELAY_API_KEYS SIGNRELAY_PPROF="$PPROF" "$BIN/signrelay" -config "$2"
 }
 # wait_ready NAME PID PORT: until the relay's GET /readyz is 200 (30 s at most).
 wait_ready() {
@@ -174,7 +178,12 @@ step() { echo; echo "== $1 (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"; }
 # --- build ----------------------------------------------------------------
 
 echo "== building into $BIN"
-go build -o "$BIN/signrelay" .
+if [[ ${BENCH_PROFILE:-} == 1 ]]; then
+	go build -tags signrelay_pprof -o "$BIN/signrelay" .
+	cp "$BIN/signrelay" "$OUT/signrelay" # the binary the profiles need
+else
+	go build -o "$BIN/signrelay" .
+fi
 go build -o "$BIN/signrelay-bench" ./cmd/signrelay-bench
 
 NATS=${NATS_SERVER:-}
@@ -337,6 +346,8 @@ free_port; P_S1=$PORT       # step e: two NATS servers, clients and routes
 free_port; P_S1R=$PORT
 free_port; P_S2=$PORT
 free_port; P_S2R=$PORT
+free_port; P_PA=$PORT       # BENCH_PROFILE: pprof of relay A and B in step b
+free_port; P_PB=$PORT
 
 base() { # base PORT: what every relay of this run has
 	cat <<EOF
@@ -408,14 +419,33 @@ start_external() { # relay A and B on a fresh external nats-server
 	start nats "$NATS" -a 127.0.0.1 -p "$P_NATS" -n bench-nats -js -sd "$BIN/js"
 	NATS_PID=$LAST_PID
 	wait_port nats "$NATS_PID" "$P_NATS"
+	[[ -z ${PROFILING:-} ]] || PPROF=127.0.0.1:$P_PA
 	start_relay relay-a "$OUT/external-a.yaml" "$P_A"
 	A_PID=$LAST_PID
+	[[ -z ${PROFILING:-} ]] || PPROF=127.0.0.1:$P_PB
 	start_relay relay-b "$OUT/external-b.yaml" "$P_B"
 	B_PID=$LAST_PID
+	PPROF=
+}
+# profile_window: CPU profiles of relay A and B over the load's window
+# (after its 3-s warm-up), in the background.
+profile_window() {
+	local secs=${DURATION%s} n
+	[[ $secs =~ ^[0-9]+$ ]] || { echo "BENCH_PROFILE needs BENCH_DURATION in whole seconds" >&2; return 0; }
+	for n in a b; do
+		local port=$P_PA
+		[[ $n == b ]] && port=$P_PB
+		(sleep 3.2 && exec curl -s -o "$OUT/b-relay-$n.pprof" "http://127.0.0.1:$port/debug/pprof/profile?seconds=$((secs - 1))") &
+		PIDS+=("$!")
+	done
 }
 
 step "b. cross-node, external nats-server: holders on B, backends on A, closed loop, $DURATION"
+PROFILING=
+[[ ${BENCH_PROFILE:-} != 1 ]] || PROFILING=1
 start_external
+PROFILING=
+[[ ${BENCH_PROFILE:-} != 1 ]] || profile_window
 bench "$OUT/b-external.txt" load -url "$URL_A" -holder-url "$URL_B" "${LOAD[@]}" -pid "$A_PID" -pids "B=$B_PID,nats=$NATS_PID" -duration "$DURATION"
 stop_all
 
