@@ -18,10 +18,17 @@ import (
 	"github.com/signrelay/signrelay/cluster"
 	"github.com/signrelay/signrelay/config"
 	"github.com/signrelay/signrelay/httpapi"
+	"github.com/signrelay/signrelay/internal/buildinfo"
+	"github.com/signrelay/signrelay/internal/healthcheck"
 	"github.com/signrelay/signrelay/signing"
 )
 
 func main() {
+	// signrelay healthcheck [-config PATH] [-url URL]: probe the local
+	// node's GET /readyz (for container health checks), exit 0 or 1.
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck.Run(os.Args[2:], os.Stdout, os.Stderr, os.Getenv))
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "signrelay:", err)
 		os.Exit(1)
@@ -30,7 +37,15 @@ func main() {
 
 func run() error {
 	path := flag.String("config", "config.yaml", "configuration file (YAML)")
+	version := flag.Bool("version", false, "print the version, VCS revision and Go version, and exit")
 	flag.Parse()
+	if *version {
+		fmt.Println(buildinfo.Read())
+		return nil
+	}
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unknown command %q (the only command is healthcheck)", flag.Arg(0))
+	}
 	explicit := false
 	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
 
