@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/signrelay/signrelay/audit"
 	"github.com/signrelay/signrelay/cluster"
 	"github.com/signrelay/signrelay/config"
 	"github.com/signrelay/signrelay/httpapi"
@@ -28,6 +29,10 @@ func main() {
 	// node's GET /readyz (for container health checks), exit 0 or 1.
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(healthcheck.Run(os.Args[2:], os.Stdout, os.Stderr, os.Getenv))
+	}
+	// signrelay audit verify FILE: check an audit log's hash chain.
+	if len(os.Args) > 1 && os.Args[1] == "audit" {
+		os.Exit(audit.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "signrelay:", err)
@@ -44,7 +49,7 @@ func run() error {
 		return nil
 	}
 	if flag.NArg() > 0 {
-		return fmt.Errorf("unknown command %q (the only command is healthcheck)", flag.Arg(0))
+		return fmt.Errorf("unknown command %q (the commands are healthcheck and audit verify)", flag.Arg(0))
 	}
 	explicit := false
 	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
@@ -55,7 +60,11 @@ func run() error {
 	}
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	if cfg.LogFormat == "json" {
+		handler = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(handler)
 	if cfg.GeneratedAPIKey {
 		log.Warn("no api_keys configured; generated one for this run", "api_key", cfg.APIKeys[0].Key)
 	}

@@ -51,6 +51,9 @@ type Config struct {
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// LogLevel is debug, info, warn or error. log_level, default info.
 	LogLevel string `yaml:"log_level"`
+	// LogFormat is text (logfmt-like key=value) or json (one object per
+	// line, for log shippers). log_format, default text.
+	LogFormat string `yaml:"log_format"`
 }
 
 // Audit configures the audit log (contract §F; docs/audit.md).
@@ -504,6 +507,7 @@ func Default() Config {
 		ShutdownGrace: Duration(10 * time.Second),
 		Audit:         Audit{Fsync: "always"},
 		LogLevel:      "info",
+		LogFormat:     "text",
 	}
 }
 
@@ -695,6 +699,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 || c.ShutdownGrace.D() > 10*time.Minute {
 		return bad("shutdown_grace", "%s is out of range (0 to 10m)", c.ShutdownGrace)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return bad("log_format", "%q is not text or json", c.LogFormat)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
