@@ -19,7 +19,10 @@ run:
 cluster:
 	scripts/cluster.sh
 
-test: lint test-go fuzz bench-smoke test-browser
+# The pieces that come from outside (npm packages, Chromium, nats-server)
+# are fetched first, so that a missing one fails in seconds, not after the
+# Go tests.
+test: deps-browser deps-nats lint test-go fuzz bench-smoke test-browser
 
 # The binary the Dockerfile builds (./signrelay): static, no cgo, no build
 # paths or symbols. tests/deploy builds it from the Dockerfile's own line

@@ -334,6 +334,11 @@ func jsonErrText(err error) string {
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
+		if strings.Contains(se.Error(), `'\n' in string literal`) || strings.Contains(se.Error(), `'\r' in string literal`) {
+			// Almost always base64 from a tool that wraps its lines
+			// (base64 without -w0).
+			return fmt.Sprintf("a line break inside a string at byte %d: base64 must not contain line breaks (GNU base64 wraps at 76 characters; use base64 -w0)", se.Offset)
+		}
 		return fmt.Sprintf("%s at byte %d", se.Error(), se.Offset)
 	}
 	return err.Error()

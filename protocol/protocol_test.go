@@ -249,3 +249,16 @@ func TestCheckAnswer(t *testing.T) {
 		t.Fatalf("forged signature: %v", e)
 	}
 }
+
+// A message base64-encoded with line breaks gets an answer that says so.
+func TestBase64LineBreaksExplained(t *testing.T) {
+	for _, body := range []string{
+		"{\"public_key\":\"AAAA\",\"message\":\"aGVsbG8gd29y\nbGQ=\"}",
+		"{\"public_key\":\"AAAA\",\"message\":\"aGVsbG8gd29y\r\nbGQ=\"}",
+	} {
+		_, err := DecodeSignBody([]byte(body))
+		if err == nil || !strings.Contains(err.Error(), "base64 must not contain line breaks") {
+			t.Fatalf("%q: %v", body, err)
+		}
+	}
+}
