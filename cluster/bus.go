@@ -88,6 +88,9 @@ type held struct {
 	recipients map[registry.Holder]struct{}
 	failed     map[registry.Holder]struct{}
 	sent       *envelope // a valid answer or a reject forwarded to the owner
+	// resource: the request outlives its owner; when the owner is gone
+	// it is kept for the node that takes it over, not ended.
+	resource bool
 	// reported: the owner has been told the recipients here, in an
 	// attached message or with the first answer; until then the request
 	// waits in Bus.attachQ until due.
@@ -319,7 +322,7 @@ func (b *Bus) Offer(o signing.Offer) {
 func (b *Bus) deliver(subject string, o signing.Offer) {
 	b.publish(subject, b.nodeSubject(b.node, "r."+o.ID), &envelope{
 		T: msgDeliver, ID: o.ID, Key: keyBytes(o.Key), Node: b.node,
-		Frame: o.Frame, Expires: o.Expires.UnixMilli(),
+		Frame: o.Frame, Expires: o.Expires.UnixMilli(), Resource: o.Resource,
 	})
 }
 
@@ -610,7 +613,7 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 	first := h == nil
 	if first {
 		h = &held{
-			id: e.ID, owner: e.Node, key: key, frame: e.Frame, message: req.Message,
+			id: e.ID, owner: e.Node, key: key, frame: e.Frame, message: req.Message, resource: e.Resource,
 			expires: time.UnixMilli(e.Expires), recipients: make(map[registry.Holder]struct{}, len(local)),
 			due: time.Now().Add(attachDelay),
 		}
@@ -619,6 +622,16 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 			b.heldKeys[key] = make(map[string]*held)
 		}
 		b.heldKeys[key][e.ID] = h
+	}
+	// The same request from another node: its owner died and that node
+	// took it over. It is the owner from now on: it is told the
+	// recipients here at once, and given the answer sent to the dead one.
+	var resend *envelope
+	if !first && h.owner != e.Node {
+		b.log.Info("bus: request taken over by another node", "request_id", e.ID, "from", h.owner, "to", e.Node)
+		h.owner = e.Node
+		h.reported = true
+		resend = h.sent
 	}
 	var fresh []registry.Holder
 	for _, c := range local {
@@ -654,6 +667,9 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 			reply = b.nodeSubject(e.Node, "in")
 		}
 		b.publish(reply, "", &envelope{T: msgAttached, Node: b.node, Att: []attachment{{ID: e.ID, Key: e.Key, Sessions: sessions}}})
+	}
+	if resend != nil {
+		b.publish(b.nodeSubject(e.Node, "in"), "", resend)
 	}
 }
 
@@ -906,6 +922,39 @@ func (b *Bus) reportWithLocked(h *held, e *envelope) {
 	}
 }
 
+// Adopt implements signing.Bus: this node takes over request id, which
+// it held for a node that died. Its local recipients become the service's
+// own, and the answer or reject one of them forwarded to the dead owner is
+// handed back to be counted.
+func (b *Bus) Adopt(id string) signing.Handover {
+	b.mu.Lock()
+	h := b.forgetHeldLocked(id)
+	if h == nil {
+		b.mu.Unlock()
+		return signing.Handover{}
+	}
+	var out signing.Handover
+	for c := range h.recipients {
+		if _, bad := h.failed[c]; !bad {
+			out.Have = append(out.Have, c)
+		}
+		if h.sent != nil && c.SessionID() == h.sent.Session {
+			out.By = c
+		}
+	}
+	sent := h.sent
+	b.mu.Unlock()
+	if sent != nil && out.By != nil {
+		switch {
+		case sent.T == msgAnswer && sent.Sig != nil:
+			out.Response = &protocol.SignResponse{Type: protocol.TypeSignResponse, RequestID: id, Message: h.message, Signature: sent.Sig}
+		case sent.T == msgReject:
+			out.Reject = &protocol.SignReject{Type: protocol.TypeSignReject, RequestID: id, Reason: sent.Reason}
+		}
+	}
+	return out
+}
+
 // Reject implements signing.Bus.
 func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameError {
 	h := b.heldFor(c, f.RequestID)
@@ -1043,8 +1092,17 @@ func (b *Bus) checkOwner(owner string, refs map[string][]byte) {
 	m, err := b.nc.Request(b.nodeSubject(owner, "ping"), req, pingTimeout)
 	switch {
 	case b.gone("owner:"+owner, err, ownerMisses):
-		b.log.Info("bus: owner gone; ending its requests", "gone", owner, "requests", len(refs))
+		b.log.Info("bus: owner gone; ending its blocking requests", "gone", owner, "requests", len(refs))
 		for id := range refs {
+			b.mu.Lock()
+			h := b.heldByID[id]
+			keep := h != nil && h.resource
+			b.mu.Unlock()
+			if keep {
+				// Another node takes it over and offers it again; until
+				// then, or its deadline, its card stays.
+				continue
+			}
 			// Presumed, not known: a delivery from the owner may still
 			// bring the request back here.
 			b.endHeldTomb(envelope{ID: id, Reason: protocol.CancelRequesterGone}, false)

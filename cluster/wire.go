@@ -24,7 +24,7 @@ import (
 // and so are trailing bytes and an unknown version or type. A node of
 // another version cannot read these messages: the nodes of one cluster
 // run the same version.
-const wireVersion = 1
+const wireVersion = 2
 
 // msgType is the type of a bus message.
 type msgType uint8
@@ -61,6 +61,9 @@ type envelope struct {
 	Refs     map[string][]byte  // request id → key, in pings
 	Ended    map[string]endInfo // in pongs
 	Att      []attachment       // attached: the requests and their recipients
+	// Resource marks a delivered request that outlives its owner: another
+	// node takes it over when the owner dies (protocol §C, §A.7).
+	Resource bool
 }
 
 // attachment is one request's recipients on the sending node, in an
@@ -115,8 +118,15 @@ func appendEnvelope(b []byte, e *envelope) []byte {
 		b = appendBytes(b, a.Key)
 		b = appendStrings(b, a.Sessions)
 	}
-	return b
+	var flags byte
+	if e.Resource {
+		flags |= flagResource
+	}
+	return append(b, flags)
 }
+
+// Bits of an envelope's last byte.
+const flagResource = 1
 
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -175,10 +185,11 @@ func decodeEnvelope(data []byte, e *envelope) error {
 			e.Att[i] = attachment{ID: r.str(), Key: r.bytes(), Sessions: r.strs()}
 		}
 	}
-	if r.bad || len(r.b) != 0 {
+	if r.bad || len(r.b) != 1 || r.b[0]&^flagResource != 0 {
 		*e = envelope{}
 		return errWire
 	}
+	e.Resource = r.b[0]&flagResource != 0
 	return nil
 }
 

@@ -133,7 +133,7 @@ func (s *Service) PendingOffers(k protocol.PublicKey) []Offer {
 	}
 	out := make([]Offer, 0, kp.n)
 	for p := kp.head; p != nil; p = p.next {
-		out = append(out, Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires})
+		out = append(out, Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires, Resource: p.res != nil})
 	}
 	return out
 }

@@ -56,6 +56,20 @@ type Bus interface {
 	// made on other nodes, and return the error frame for the connection.
 	Respond(h registry.Holder, f *protocol.SignResponse) *protocol.FrameError
 	Reject(h registry.Holder, f *protocol.SignReject) *protocol.FrameError
+	// Adopt hands over request id, which this node takes over from a node
+	// that died, as far as the bus delivered it to local connections.
+	Adopt(id string) Handover
+}
+
+// Handover is what a node's bus knows of a request it delivered for
+// another node, when this node takes the request over: the local
+// connections that have it already, and the answer one of them gave (to
+// an owner that may never have heard it).
+type Handover struct {
+	Have     []registry.Holder
+	By       registry.Holder // who answered, when Response or Reject is set
+	Response *protocol.SignResponse
+	Reject   *protocol.SignReject
 }
 
 // Offer is a request made on this node as the bus carries it.
@@ -432,7 +446,7 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 		}
 		p.res = r
 	}
-	if err := s.publish(p, time.Until(expires)); err != nil {
+	if err := s.publish(p, time.Until(expires), nil); err != nil {
 		if p.res != nil {
 			if s.opts.Shared != nil {
 				s.opts.Shared.Release(p.snapshot())
@@ -471,7 +485,9 @@ func (s *Service) unmake(p *pending, err error) {
 
 // publish makes p pending and sends it to the live connections of its key
 // (and, on a cluster, to the other nodes), with its deadline after ttl.
-func (s *Service) publish(p *pending, ttl time.Duration) error {
+// The connections in have already have its frame: they are recipients,
+// and are not sent it again.
+func (s *Service) publish(p *pending, ttl time.Duration, have map[registry.Holder]struct{}) error {
 	// Asked before the lock: the bus may take locks of its own.
 	busReady := s.bus != nil && s.bus.Ready()
 	sh := s.shardOf(p.key)
@@ -524,7 +540,9 @@ func (s *Service) publish(p *pending, ttl time.Duration) error {
 	sh.mu.Unlock()
 
 	for _, h := range holders {
-		h.Send(p.frame)
+		if _, ok := have[h]; !ok {
+			h.Send(p.frame)
+		}
 	}
 	if s.bus != nil {
 		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires, Probe: probe, Resource: p.res != nil})

@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/signrelay/signrelay/protocol"
+	"github.com/signrelay/signrelay/registry"
 )
 
 // Shared keeps request resources where every node of a cluster sees them,
@@ -77,11 +78,26 @@ func (s *Service) Adopt(rec *Record) bool {
 	r := &resource{id: p.id, owner: p.owner, fp: p.fp, p: p}
 	s.res.add(r)
 	p.res = r
-	if err := s.publish(p, time.Until(p.expires)); err != nil {
+	var ho Handover
+	if s.bus != nil {
+		ho = s.bus.Adopt(p.idStr)
+	}
+	have := make(map[registry.Holder]struct{}, len(ho.Have))
+	for _, h := range ho.Have {
+		have[h] = struct{}{}
+	}
+	if err := s.publish(p, time.Until(p.expires), have); err != nil {
 		s.unmake(p, err)
 		return false
 	}
-	s.log.Info("request taken over", "request_id", p.idStr, "key", p.key.ShortString())
+	s.log.Info("request taken over", "request_id", p.idStr, "key", p.key.ShortString(), "here", len(have))
+	// An answer given here while nobody owned the request: it counts now.
+	switch {
+	case ho.Response != nil:
+		s.Respond(ho.By, ho.Response)
+	case ho.Reject != nil:
+		s.Reject(ho.By, ho.Reject)
+	}
 	return true
 }
 
