@@ -137,6 +137,7 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 		return nil, err
 	}
 	m := httpapi.NewMetrics()
+	node.Bus.SetMetrics(m)
 	opts := httpapi.ServiceOptions(cfg, log, node.Bus)
 	opts.Shared, opts.Metrics, opts.Journal = node.Store, m, j
 	svc := signing.New(reg, opts)

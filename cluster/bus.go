@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/signrelay/signrelay/metrics"
 	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
 	"github.com/signrelay/signrelay/signing"
@@ -122,6 +123,8 @@ type Bus struct {
 	ready  func() bool
 	reg    *registry.Registry
 	log    *slog.Logger
+	// metrics counts the messages; set by SetMetrics before Start.
+	metrics *metrics.Metrics
 
 	// Set by Start, then read-only.
 	svc   *signing.Service
@@ -266,6 +269,15 @@ var emptyPing = appendEnvelope(nil, &envelope{T: msgPing})
 // Ready implements signing.Bus.
 func (b *Bus) Ready() bool { return b.ready() }
 
+// decode decodes an inbound message, counting it.
+func (b *Bus) decode(data []byte, e *envelope) error {
+	b.metrics.BusIn()
+	return decodeEnvelope(data, e)
+}
+
+// SetMetrics makes the bus count its messages into m; call it before Start.
+func (b *Bus) SetMetrics(m *metrics.Metrics) { b.metrics = m }
+
 func (b *Bus) publish(subject, reply string, e *envelope) {
 	bp := wireBufs.Get().(*[]byte)
 	data := appendEnvelope((*bp)[:0], e)
@@ -278,6 +290,8 @@ func (b *Bus) publish(subject, reply string, e *envelope) {
 	}
 	if err != nil {
 		b.log.Debug("bus: publish failed", "subject", subject, "err", err)
+	} else {
+		b.metrics.BusOut()
 	}
 	if cap(data) <= 64<<10 {
 		*bp = data
@@ -382,7 +396,7 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		}
 	}
 	var e envelope
-	if decodeEnvelope(m.Data, &e) != nil {
+	if b.decode(m.Data, &e) != nil {
 		return
 	}
 	if e.T == msgAttached {
@@ -544,7 +558,7 @@ func (b *Bus) hello(e envelope, key protocol.PublicKey) {
 // ended (and why); an empty ping only proves this node is alive.
 func (b *Bus) answerPing(m *nats.Msg) {
 	var e envelope
-	_ = decodeEnvelope(m.Data, &e) // an empty ping (or none) proves this node is alive
+	_ = b.decode(m.Data, &e) // an empty ping (or none) proves this node is alive
 	out := envelope{T: msgPong, Node: b.node}
 	for id, kb := range e.Refs {
 		key, err := protocol.PublicKeyFromBytes(kb)
@@ -571,7 +585,7 @@ func (b *Bus) keyWorker() {
 			return
 		case m := <-b.inbox:
 			var e envelope
-			if decodeEnvelope(m.Data, &e) != nil {
+			if b.decode(m.Data, &e) != nil {
 				continue
 			}
 			key, err := protocol.PublicKeyFromBytes(e.Key)
@@ -1109,7 +1123,7 @@ func (b *Bus) checkOwner(owner string, refs map[string][]byte) {
 		}
 	case err == nil:
 		var e envelope
-		if decodeEnvelope(m.Data, &e) != nil {
+		if b.decode(m.Data, &e) != nil {
 			return
 		}
 		for id, end := range e.Ended {

@@ -47,7 +47,8 @@ type Metrics struct {
 	busMessages   *prometheus.CounterVec
 
 	// Children resolved once, so that the hot path is an atomic add.
-	codes   map[string]prometheus.Counter
+	busIn, busOut prometheus.Counter
+	codes         map[string]prometheus.Counter
 	scopes  map[string]prometheus.Counter
 	intros  map[string]prometheus.Counter
 	reasons map[string]prometheus.Counter
@@ -97,7 +98,8 @@ func New(closeReasons []string) *Metrics {
 	m.scopes = children(m.rateLimited, Scopes)
 	m.intros = children(m.introductions, IntroductionResults)
 	m.reasons = children(m.disconnects, closeReasons)
-	children(m.busMessages, []string{"in", "out"})
+	bus := children(m.busMessages, []string{"in", "out"})
+	m.busIn, m.busOut = bus["in"], bus["out"]
 	return m
 }
 
@@ -205,9 +207,16 @@ func (m *Metrics) Replayed() {
 	}
 }
 
-// Bus counts n bus messages in direction "in" or "out".
-func (m *Metrics) Bus(direction string, n int) {
+// BusIn counts a message the cluster bus received.
+func (m *Metrics) BusIn() {
 	if m != nil {
-		m.busMessages.WithLabelValues(direction).Add(float64(n))
+		m.busIn.Inc()
+	}
+}
+
+// BusOut counts a message the cluster bus sent.
+func (m *Metrics) BusOut() {
+	if m != nil {
+		m.busOut.Inc()
 	}
 }

@@ -53,3 +53,24 @@ func TestClusterResources(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, d) })
 	}
 }
+
+// §D on a cluster: the NATS link and the bus traffic are counted.
+func TestClusterMetrics(t *testing.T) {
+	n := startCluster(t, 2, nil)
+	h := n[1].connect(t, nil)
+	msg := []byte("counted across")
+	ch := n[0].signAsync(signBody(h.pub, msg, nil))
+	h.approve(h.expect("sign_request"))
+	verifyResult(t, awaitResp(t, ch), h.pub, msg)
+	for _, nd := range n {
+		text := scrape(t, nd.base+"/metrics")
+		if v := metricValue(text, "signrelay_nats_up"); v != 1 {
+			t.Fatalf("signrelay_nats_up %v on %s", v, nd.base)
+		}
+		for _, dir := range []string{"in", "out"} {
+			if v := metricValue(text, `signrelay_bus_messages_total{direction="`+dir+`"}`); v < 1 {
+				t.Fatalf("bus messages %s: %v on %s", dir, v, nd.base)
+			}
+		}
+	}
+}

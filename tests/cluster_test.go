@@ -95,6 +95,7 @@ func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.N
 		return nil, nil, err
 	}
 	m := httpapi.NewMetrics()
+	cn.Bus.SetMetrics(m)
 	opts := httpapi.ServiceOptions(cfg, log, cn.Bus)
 	opts.Shared, opts.Metrics, opts.Journal = cn.Store, m, j
 	svc := signing.New(reg, opts)
