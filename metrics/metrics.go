@@ -49,9 +49,9 @@ type Metrics struct {
 	// Children resolved once, so that the hot path is an atomic add.
 	busIn, busOut prometheus.Counter
 	codes         map[string]prometheus.Counter
-	scopes  map[string]prometheus.Counter
-	intros  map[string]prometheus.Counter
-	reasons map[string]prometheus.Counter
+	scopes        map[string]prometheus.Counter
+	intros        map[string]prometheus.Counter
+	reasons       map[string]prometheus.Counter
 }
 
 // New makes the families; closeReasons are every value of the reason label
