@@ -502,13 +502,19 @@ func (b *Bus) dropNodeRefLocked(node string) {
 
 // endOf is how the request id made here ended, as far as this node still
 // remembers (an id it does not know ended long ago: timeout).
+// reasonUnknown answers a ping about a request this node neither runs
+// nor remembers ending: it restarted, or it shut down and left the
+// request for another node. A holder's node ends a blocking request then
+// (as timed out), and keeps a resource for the node that takes it over.
+const reasonUnknown = "unknown"
+
 func (b *Bus) endOf(id string) endInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if n, ok := b.ended[id]; ok {
 		return n.endInfo
 	}
-	return endInfo{Reason: protocol.CancelTimeout}
+	return endInfo{Reason: reasonUnknown}
 }
 
 // noResponders: no node listens on the key of a probing request. Interest
@@ -765,6 +771,15 @@ func (b *Bus) endHeld(e envelope) { b.endHeldTomb(e, true) }
 // owner was only presumed gone, and a delivery from it proves otherwise).
 func (b *Bus) endHeldTomb(e envelope, tomb bool) {
 	b.mu.Lock()
+	if e.Reason == reasonUnknown {
+		if h := b.heldByID[e.ID]; h != nil && h.resource {
+			// Its owner does not know it any more: the node that takes
+			// it over will offer it again.
+			b.mu.Unlock()
+			return
+		}
+		e.Reason = protocol.CancelTimeout
+	}
 	h := b.forgetHeldLocked(e.ID)
 	if tomb {
 		until := time.Now().Add(maxLife)

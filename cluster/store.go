@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -165,9 +166,17 @@ func NewStore(l *Link, o StoreOptions, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// The store names this process, not only the node: a node that
+	// restarts under the same cluster.node_id is a new owner, and the
+	// requests of the process that died are taken over like any other.
+	inc := make([]byte, 4)
+	if _, err := rand.Read(inc); err != nil {
+		return nil, err
+	}
+	self := l.NodeID() + "-" + hex.EncodeToString(inc)
 	s := &Store{
-		nc: l.Conn(), js: js, node: l.NodeID(), prefix: l.Prefix(), ttl: o.ResultTTL, external: o.External,
-		log: log.With("component", "store", "node_id", l.NodeID()), stop: make(chan struct{}), misses: map[string]int{},
+		nc: l.Conn(), js: js, node: self, prefix: l.Prefix(), ttl: o.ResultTTL, external: o.External,
+		log: log.With("component", "store", "node_id", l.NodeID(), "owner", self), stop: make(chan struct{}), misses: map[string]int{},
 		bucket: jetstream.KeyValueConfig{
 			Bucket:      strings.ReplaceAll(l.Prefix(), ".", "_") + "_requests",
 			Description: "signrelay request resources",
@@ -314,23 +323,25 @@ func (s *Store) Claim(ctx context.Context, rec *signing.Record) (*signing.Record
 	ctx, cancel := opCtx(ctx)
 	defer cancel()
 	b, _ := json.Marshal(toStored(rec, s.node))
-	// The record first, then the key: whoever finds the key finds the
-	// record it names.
+	// The index first, so that a record left behind by a failure is found
+	// and ended by a takeover; then the record, then the key: whoever
+	// finds the key finds the record it names.
+	if _, err := kv.Put(ctx, pendingKey(s.node, rec.ID), nil); err != nil {
+		return nil, err
+	}
 	if _, err := kv.Create(ctx, recordKey(rec.ID), b); err != nil {
+		s.Release(rec)
 		return nil, err
 	}
 	if rec.IdemKey != "" {
 		held, err := s.claimKey(ctx, kv, rec)
 		if err != nil || held != nil {
-			_ = kv.Purge(ctx, recordKey(rec.ID))
+			s.Release(rec)
 			if err != nil {
 				return nil, err
 			}
 			return held, signing.ErrClaimed
 		}
-	}
-	if _, err := kv.Put(ctx, pendingKey(s.node, rec.ID), nil); err != nil {
-		return nil, err
 	}
 	return nil, nil
 }
@@ -403,11 +414,31 @@ func (s *Store) Save(rec *signing.Record) {
 	}
 	ctx, cancel := opCtx(nil)
 	defer cancel()
+	defer func() { _ = kv.Purge(ctx, pendingKey(s.node, rec.ID)) }()
 	b, _ := json.Marshal(toStored(rec, s.node))
-	if _, err := kv.Put(ctx, recordKey(rec.ID), b); err != nil {
-		s.log.Warn("request end not recorded", "request_id", rec.ID, "err", err)
+	// Only the owner writes the end: a node that was taken for dead (cut
+	// off from NATS for a while) and whose request another node adopted
+	// does not overwrite the adopter's outcome.
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := kv.Get(ctx, recordKey(rec.ID))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				_, err = kv.Create(ctx, recordKey(rec.ID), b)
+			}
+			if err != nil {
+				s.log.Warn("request end not recorded", "request_id", rec.ID, "err", err)
+			}
+			return
+		}
+		if st, err := decodeStored(e.Value()); err == nil && st.Node != s.node {
+			s.log.Warn("request end not recorded: another node took the request over", "request_id", rec.ID, "owner", st.Node)
+			return
+		}
+		if _, err := kv.Update(ctx, recordKey(rec.ID), b, e.Revision()); err == nil {
+			return
+		}
 	}
-	_ = kv.Purge(ctx, pendingKey(s.node, rec.ID))
+	s.log.Warn("request end not recorded: the record kept changing", "request_id", rec.ID)
 }
 
 // get reads owner's record id; ErrNotFound when absent, foreign or past
@@ -432,11 +463,20 @@ func (s *Store) visible(b []byte, owner string) (*signing.Record, error) {
 	if err != nil {
 		return nil, signing.ErrNotFound
 	}
+	if rec.Status == signing.StatusPending && time.Since(rec.Expires) > staleAfter {
+		// Past its deadline and still pending: nobody runs it any more
+		// (its node died before a takeover could end it).
+		rec.Status, rec.Completed = signing.StatusTimeout, rec.Expires
+	}
 	if rec.Status != signing.StatusPending && time.Since(rec.Completed) > s.ttl {
 		return nil, signing.ErrNotFound
 	}
 	return rec, nil
 }
+
+// staleAfter: a record still pending this long past its deadline is read
+// as timed out.
+const staleAfter = 10 * time.Second
 
 // Get implements signing.Shared.
 func (s *Store) Get(ctx context.Context, owner, id string) (*signing.Record, error) {
@@ -526,7 +566,13 @@ func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, 
 		return nil, err
 	}
 	if node == s.node {
-		return s.svc.Cancel(owner, id)
+		// Ours, but not running here (this process is shutting down and
+		// left it): only the node that takes it over can cancel it.
+		rec, err := s.svc.CancelHere(owner, id)
+		if errors.Is(err, signing.ErrNotFound) {
+			return nil, signing.ErrClusterUnreachable
+		}
+		return rec, err
 	}
 	req, _ := json.Marshal(cancelMsg{Owner: owner, ID: id})
 	cctx, cancel := opCtx(ctx)
@@ -535,9 +581,20 @@ func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, 
 	if errors.Is(err, nats.ErrNoResponders) {
 		// Its node is gone: take the request over, then cancel it here.
 		if s.adopt(ctx, id, node) {
-			return s.svc.Cancel(owner, id)
+			return s.svc.CancelHere(owner, id)
 		}
-		return s.Cancel(ctx, owner, id)
+		// Another node was first, or it ended meanwhile: say what the
+		// record says now, once.
+		rec, err := s.Get(ctx, owner, id)
+		switch {
+		case err != nil:
+			return nil, err
+		case rec.Status == signing.StatusCancelled:
+			return rec, nil
+		case rec.Status != signing.StatusPending:
+			return rec, signing.ErrNotPending
+		}
+		return nil, signing.ErrClusterUnreachable
 	}
 	if err != nil {
 		return nil, signing.ErrClusterUnreachable
@@ -561,6 +618,8 @@ func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, 
 		return out, nil
 	case "not_pending":
 		return out, signing.ErrNotPending
+	case "unavailable":
+		return nil, signing.ErrClusterUnreachable
 	}
 	return nil, signing.ErrNotFound
 }
@@ -589,7 +648,7 @@ func (s *Store) onCancel(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &req) != nil || s.svc == nil {
 		return
 	}
-	rec, err := s.svc.Cancel(req.Owner, req.ID)
+	rec, err := s.svc.CancelHere(req.Owner, req.ID)
 	var rep cancelReply
 	if rec != nil {
 		rep.Record, _ = json.Marshal(toStored(rec, s.node))
@@ -597,6 +656,10 @@ func (s *Store) onCancel(m *nats.Msg) {
 	switch {
 	case errors.Is(err, signing.ErrNotPending):
 		rep.Err = "not_pending"
+	case errors.Is(err, signing.ErrNotFound):
+		// The caller found it pending here in the store: this process
+		// no longer runs it (it is shutting down).
+		rep.Err = "unavailable"
 	case err != nil:
 		rep.Err = "not_found"
 	}

@@ -71,9 +71,11 @@ func (s *Server) rejectAuth(c *fiber.Ctx) error {
 // handleSign answers POST /sign and counts the answer by its code.
 func (s *Server) handleSign(c *fiber.Ctx) error {
 	err := s.sign(c)
-	code := "ok"
-	if st := c.Response().StatusCode(); st != fiber.StatusOK && st != fiber.StatusAccepted {
-		code, _ = c.Locals(localCode).(string)
+	// Every answer but 200 and 202 leaves its code, and so does the
+	// requester_gone that gets no answer at all (its status reads 200).
+	code, _ := c.Locals(localCode).(string)
+	if code == "" {
+		code = "ok"
 	}
 	s.metrics.Answered(code)
 	return err
@@ -265,10 +267,12 @@ func (s *Server) resourceAuth(c *fiber.Ctx) (string, string, error) {
 		return "", "", s.rejectAuth(c)
 	}
 	id := c.Params("id")
-	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+	u, err := uuid.Parse(id)
+	if err != nil || len(id) != 36 {
 		return "", "", writeError(c, fiber.StatusBadRequest, codeInvalidRequest, "request_id must be a UUID", "")
 	}
-	return s.apiOwners[keyIndex], id, nil
+	// One spelling on every node (the cluster's store keys are exact).
+	return s.apiOwners[keyIndex], u.String(), nil
 }
 
 func (s *Server) handleGetRequest(c *fiber.Ctx) error {

@@ -99,7 +99,9 @@ func (rs *resources) end(r *resource, rec *Record) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	now := time.Now()
-	r.rec, r.size, r.expires = rec, recordBytes(rec), now.Add(rs.lim.TTL)
+	// The record is all that is kept: the request itself (its frame, its
+	// recipients' connections) goes with it.
+	r.rec, r.p, r.size, r.expires = rec, nil, recordBytes(rec), now.Add(rs.lim.TTL)
 	if rs.byID[r.id] != r { // evicted or dropped meanwhile
 		return
 	}

@@ -246,6 +246,7 @@ type pending struct {
 	recipients map[registry.Holder]struct{}
 	failed     map[registry.Holder]struct{}
 	finished   bool
+	published  bool     // made pending by publish; before that nothing may end it
 	endReason  string   // the sign_cancel reason it ended with, once finished
 	prev, next *pending // the key's list
 
@@ -256,6 +257,10 @@ type pending struct {
 	created   time.Time
 	completed time.Time // set by finish
 }
+
+// remoteGrace is how long past its deadline a request running on another
+// node is waited for: its end is written there and has to travel.
+const remoteGrace = 15 * time.Second
 
 // exhaustGrace: on a cluster, a request is not ended as answered invalidly
 // by all its recipients before it is this old, since the news of a
@@ -335,12 +340,18 @@ func (h *Handle) Record() *Record {
 // ErrRequesterGone.
 func (h *Handle) Await(ctx context.Context) (*Record, error) {
 	if h.remote {
+		// Bounded by the request's own deadline: a record nobody runs
+		// any more must not hold the caller forever.
+		ctx, cancel := context.WithDeadline(ctx, h.rec.Expires.Add(remoteGrace))
+		defer cancel()
 		rec, err := h.s.opts.Shared.Wait(ctx, h.rec.Owner, h.rec.ID)
 		switch {
 		case errors.Is(err, ErrNotFound): // never made after all (no node held the key)
 			return h.rec, ErrNotConnected
 		case err != nil:
 			return h.rec, ErrClusterUnreachable
+		case rec.Status == StatusPending && !time.Now().Before(h.rec.Expires):
+			return rec, ErrTimeout
 		case rec.Status == StatusPending:
 			return rec, ErrRequesterGone
 		}
@@ -525,6 +536,7 @@ func (s *Service) publish(p *pending, ttl time.Duration, have map[registry.Holde
 	}
 	kp.push(p)
 	sh.byID[p.id] = p
+	p.published = true
 	p.recipients = make(map[registry.Holder]struct{}, len(holders))
 	for _, h := range holders {
 		p.recipients[h] = struct{}{}
@@ -628,9 +640,31 @@ func (s *Service) Cancel(owner, id string) (*Record, error) {
 		}
 		return s.opts.Shared.Cancel(context.Background(), owner, id)
 	}
+	return s.cancelResource(r)
+}
+
+// CancelHere is Cancel for a request that runs on this node, without
+// asking the cluster's store: what another node's forwarded DELETE, or the
+// store itself, calls.
+func (s *Service) CancelHere(owner, id string) (*Record, error) {
+	uid, err := uuid.Parse(id)
+	if err != nil {
+		return nil, ErrNotFound
+	}
+	r := s.res.get(owner, uid)
+	if r == nil {
+		return nil, ErrNotFound
+	}
+	return s.cancelResource(r)
+}
+
+func (s *Service) cancelResource(r *resource) (*Record, error) {
 	p, rec := s.res.state(r)
 	if rec == nil {
-		s.finish(p, outcome{err: ErrCancelled}, protocol.CancelCancelled, nil)
+		if !s.finish(p, outcome{err: ErrCancelled}, protocol.CancelCancelled, nil) && !s.isPublished(p) {
+			// Claimed a moment ago and not yet sent: not a request yet.
+			return nil, ErrNotFound
+		}
 		<-p.ended
 		rec = p.snapshot()
 	}
@@ -672,7 +706,7 @@ func (kp *keyPending) remove(p *pending) {
 func (s *Service) finish(p *pending, o outcome, reason string, except registry.Holder) bool {
 	sh := s.shardOf(p.key)
 	sh.mu.Lock()
-	if p.finished {
+	if p.finished || !p.published {
 		sh.mu.Unlock()
 		return false
 	}
@@ -702,7 +736,7 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 	sh.mu.Unlock()
 	s.budget.give(p.owner, len(p.message))
 
-	if s.opts.Journal != nil {
+	if s.opts.Journal != nil && !errors.Is(o.err, ErrNotConnected) { // a cluster-wide 404 was never made
 		if err := s.opts.Journal.Ended(p.record(true), o.err); err != nil {
 			s.log.Error("audit log not written", "request_id", p.idStr, "err", err)
 			if o.err == nil {
@@ -990,7 +1024,7 @@ func (s *Service) Close() {
 		sh.mu.Unlock()
 	}
 	for _, p := range all {
-		if p.res != nil && s.opts.Shared != nil {
+		if p.async && p.res != nil && s.opts.Shared != nil {
 			s.leave(p)
 			continue
 		}
@@ -998,11 +1032,18 @@ func (s *Service) Close() {
 	}
 }
 
-// leave lets go of p, a resource on a cluster, as this node shuts down:
-// it does not end (no sign_cancel, nothing recorded), so another node
-// takes it over as it would from a node that died, and its recipients
-// keep it. Waiters on this node get ErrShuttingDown; an idempotent retry
-// on another node joins the request again.
+func (s *Service) isPublished(p *pending) bool {
+	sh := s.shardOf(p.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return p.published
+}
+
+// leave lets go of p, an asynchronous resource on a cluster, as this node
+// shuts down: it does not end (no sign_cancel, nothing recorded), so
+// another node takes it over as it would from a node that died, and its
+// recipients keep it. Waiters on this node get ErrShuttingDown; a retry on
+// another node joins the request again. Blocking ones end as on one node.
 func (s *Service) leave(p *pending) {
 	sh := s.shardOf(p.key)
 	sh.mu.Lock()
@@ -1012,6 +1053,7 @@ func (s *Service) leave(p *pending) {
 	}
 	p.finished = true
 	p.out = outcome{err: ErrShuttingDown}
+	p.completed = time.Now()
 	if p.timer != nil {
 		p.timer.Stop()
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/signrelay/signrelay/config"
+	"github.com/signrelay/signrelay/protocol"
 )
 
 // §A.5: everything of §B–§C on a three-node cluster: backends on node 0,
@@ -71,6 +72,29 @@ func TestClusterMetrics(t *testing.T) {
 			if v := metricValue(text, `signrelay_bus_messages_total{direction="`+dir+`"}`); v < 1 {
 				t.Fatalf("bus messages %s: %v on %s", dir, v, nd.base)
 			}
+		}
+	}
+}
+
+// §A.6: a node that shuts down ends the blocking requests it answers, an
+// idempotent one too (503 to its caller, sign_cancel shutdown to every
+// recipient on every node), and leaves the asynchronous ones to be taken
+// over: their recipients keep them.
+func TestClusterShutdownEndsBlockingLeavesAsync(t *testing.T) {
+	n := startCluster(t, 2, nil)
+	waitStores(t, n)
+	h := n[1].connect(t, nil)
+	blocking := n[0].callAsync(t, "POST", "/sign", testAPIKey, signBody(h.pub, []byte("blocking"), nil), map[string]string{"Idempotency-Key": "shutdown-" + b64(h.pub)[:10]})
+	rb := h.expect(protocol.TypeSignRequest)
+	async := n[0].mustCall(t, "POST", "/sign", testAPIKey, asyncBody(h.pub, []byte("async"), nil), nil)
+	h.expect(protocol.TypeSignRequest)
+	go n[0].shutdown()
+	h.expectCancel(rb.str("request_id"), protocol.CancelShutdown)
+	expectStatus(t, recv(t, blocking), 503, "unavailable")
+	// The asynchronous one is not cancelled: the next frame is not about it.
+	for _, f := range h.barrier() {
+		if f.str("request_id") == async.str("request_id") {
+			t.Fatalf("the holder was told %v about a request left for takeover", f)
 		}
 	}
 }

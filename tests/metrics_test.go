@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"crypto/ed25519"
 	"fmt"
 	"io"
@@ -117,6 +118,20 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
+	h.expectCancel(res.str("request_id"), protocol.CancelCancelled)
+	// A backend that goes away is counted as requester_gone, not ok.
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() {
+		_, err := r.call(ctx, "POST", "/sign", testAPIKey, signBody(h.pub, []byte("abandoned"), nil), nil)
+		gone <- err
+	}()
+	h.expect(protocol.TypeSignRequest)
+	cancel()
+	<-gone
+	awaitMetric(t, url, `signrelay_sign_requests_total{code="requester_gone"}`, 1)
+	awaitMetric(t, url, `signrelay_sign_requests_total{code="ok"}`, 3)
+
 	h.conn.Close()
 	awaitMetric(t, url, `signrelay_holder_connections`, 0)
 	deadline := time.Now().Add(wait)

@@ -118,3 +118,51 @@ func TestOwnerKilledAsyncRequestsTakenOver(t *testing.T) {
 		}
 	}
 }
+
+// §A.7 with a node that comes back at once under the same cluster.node_id
+// (a supervisor restarting it): the requests of the process that died are
+// still taken over, and a DELETE through the new process cancels one
+// (its holder hears "cancelled"), instead of being sent to a process that
+// no longer runs it.
+func TestOwnerRestartedUnderSameNameRequestsTakenOver(t *testing.T) {
+	nats := startNATS(t)
+	n := startNodes(t, nats, 3)
+	a, b, c := n[0], n[1], n[2]
+	h := b.connect(t, nil)
+	roundTrip(t, a, h, "warm-up from node1")
+	id, exp := a.signLater(t, h, "restart-"+h.name)
+	r := h.expect("sign_request", step)
+	if r.str("request_id") != id {
+		t.Fatalf("holder got %v, want %s", r, id)
+	}
+	a.sigkill()
+	a2 := startRelay(t, "node1", func(listen string) map[string]any { return relayConfig(listen, "node1", nats) })
+
+	var again frame
+	deadline := time.Now().Add(12 * time.Second)
+	for again == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the request of the killed process was not taken over within 12 s")
+		}
+		h2 := c.connect(t, h.priv)
+		for {
+			f, err := h2.next(time.Second)
+			if err != nil {
+				break
+			}
+			if f.str("type") == "sign_request" && f.str("request_id") == id {
+				again = f
+				break
+			}
+		}
+		h2.conn.Close()
+	}
+	if again.str("expires_at") != exp {
+		t.Fatalf("taken over with expires_at %s, want %s", again.str("expires_at"), exp)
+	}
+	status, res := a2.call(t, "DELETE", "/sign/"+id, nil, nil)
+	if status != http.StatusOK || res["status"] != "cancelled" {
+		t.Fatalf("DELETE through the restarted node: %d %v", status, res)
+	}
+	h.expectCancel(id, "cancelled", 10*time.Second)
+}
