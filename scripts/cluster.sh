@@ -7,9 +7,11 @@
 #   scripts/cluster.sh                    # start; Ctrl-C (or SIGTERM) stops all three
 #   scripts/cluster.sh --print-config N   # print node N's configuration (N = 1, 2, 3)
 #
-# Every node's configuration comes from one template,
-# scripts/cluster-node.yaml.tmpl, filled in here (tests/cluster runs this
-# script). Configurations, logs and pid files go to CLUSTER_DIR.
+# Every node's configuration comes from deploy/node.yaml, the template
+# compose.yaml's relays run, filled in by deploy/render.sh with loopback
+# values (tests/cluster runs this script; tests/deploy runs the same
+# template behind nginx). Configurations, logs, pid files and the embedded
+# servers' JetStream directories go to CLUSTER_DIR.
 #
 # Environment, all optional:
 #   CLUSTER_HTTP_PORTS     HTTP ports of node1..3      (default "8081 8082 8083")
@@ -20,11 +22,11 @@
 #                          and routes                  (default: generated)
 #   CLUSTER_DIR            configs, logs, pid files    (default: a new directory under /tmp)
 #   CLUSTER_BIN            the relay binary to run     (default: go build into CLUSTER_DIR)
-#   CLUSTER_TEMPLATE       the node template           (default: scripts/cluster-node.yaml.tmpl)
+#   CLUSTER_TEMPLATE       the node template           (default: deploy/node.yaml)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TEMPLATE=${CLUSTER_TEMPLATE:-$ROOT/scripts/cluster-node.yaml.tmpl}
+TEMPLATE=${CLUSTER_TEMPLATE:-$ROOT/deploy/node.yaml}
 read -r -a HTTP_PORTS <<<"${CLUSTER_HTTP_PORTS:-8081 8082 8083}"
 read -r -a NATS_PORTS <<<"${CLUSTER_NATS_PORTS:-4231 4232 4233}"
 read -r -a ROUTE_PORTS <<<"${CLUSTER_ROUTE_PORTS:-6231 6232 6233}"
@@ -57,24 +59,22 @@ NATS_PASSWORD=${CLUSTER_NATS_PASSWORD:-$(random_hex 24)}
 [[ $NATS_PASSWORD =~ ^[A-Za-z0-9._~+/=-]{16,256}$ ]] ||
 	die "CLUSTER_NATS_PASSWORD: 16 to 256 characters of letters, digits and ._~+/=-"
 
-# render N: node N's configuration, the template with its fields filled in.
+# render N: node N's configuration, deploy/render.sh's output for the
+# template with loopback values: each node's page is its own origin, and
+# nothing but the local machine is a trusted proxy.
 render() {
-	local i=$1 text routes="" p
+	local i=$1 routes="" p tmp
 	for p in "${ROUTE_PORTS[@]}"; do
 		routes+="${routes:+, }nats://127.0.0.1:$p"
 	done
-	text=$(<"$TEMPLATE")
-	text=${text//@NODE@/"node$i"}
-	text=${text//@HTTP_PORT@/"${HTTP_PORTS[i - 1]}"}
-	text=${text//@NATS_PORT@/"${NATS_PORTS[i - 1]}"}
-	text=${text//@ROUTE_PORT@/"${ROUTE_PORTS[i - 1]}"}
-	text=${text//@ROUTES@/"$routes"}
-	text=${text//@API_KEY@/"$API_KEY"}
-	text=${text//@NATS_PASSWORD@/"$NATS_PASSWORD"}
-	if [[ $text =~ @[A-Z_]+@ ]]; then
-		die "the template has a field this script does not fill: ${BASH_REMATCH[0]}"
-	fi
-	printf '%s\n' "$text"
+	tmp=$(mktemp -d)
+	HTTP_LISTEN=127.0.0.1:${HTTP_PORTS[i - 1]} API_KEY=$API_KEY \
+		PUBLIC_ORIGIN=http://127.0.0.1:${HTTP_PORTS[i - 1]} TRUSTED_PROXIES=127.0.0.1 \
+		NATS_LISTEN=127.0.0.1:${NATS_PORTS[i - 1]} ROUTE_LISTEN=127.0.0.1:${ROUTE_PORTS[i - 1]} \
+		ROUTES=$routes NATS_PASSWORD=$NATS_PASSWORD STORE_DIR=${DIR:-${CLUSTER_DIR:-/tmp/signrelay-cluster}}/js-node$i \
+		sh "$ROOT/deploy/render.sh" "$TEMPLATE" "$tmp" "node$i" >/dev/null || { rm -rf "$tmp"; die "cannot render node$i"; }
+	cat "$tmp/node$i.yaml"
+	rm -rf "$tmp"
 }
 
 if [[ ${1:-} == --print-config ]]; then

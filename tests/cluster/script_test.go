@@ -19,7 +19,7 @@ import (
 
 // The person-facing setup: scripts/cluster.sh (make cluster) starts three
 // relays with embedded NATS servers routed to each other, from
-// scripts/cluster-node.yaml.tmpl. The test runs the script itself, on free
+// deploy/node.yaml, the template compose.yaml runs. The test runs the script itself, on free
 // ports and with the relay binary built here, exactly as a person would:
 // the three nodes get ready, the page is served, a key holder on node2
 // answers a request made on node1, and Ctrl-C (SIGINT to the script's
