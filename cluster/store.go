@@ -769,6 +769,7 @@ func (s *Store) adopt(ctx context.Context, id, dead string) bool {
 	}
 	_ = kv.Purge(ctx, pendingKey(dead, id))
 	if rec.Status != signing.StatusPending {
+		s.svc.Journaled(rec, signing.ErrTimeout)
 		return false
 	}
 	if _, err := kv.Put(ctx, pendingKey(s.node, id), nil); err != nil {
@@ -777,6 +778,7 @@ func (s *Store) adopt(ctx context.Context, id, dead string) bool {
 	s.log.Info("adopting a request of a node that is gone", "request_id", id, "from", dead)
 	if !s.svc.Adopt(rec) {
 		rec.Status, rec.Completed = signing.StatusUnavailable, time.Now()
+		s.svc.Journaled(rec, signing.ErrShuttingDown)
 		s.Save(rec)
 		return false
 	}

@@ -113,3 +113,15 @@ type Journal interface {
 // ErrJournal: the request's end could not be written to the audit log, so
 // its signature is withheld.
 var ErrJournal = errors.New("the relay cannot write its audit log; the signature is withheld")
+
+// Journaled records in the journal the end of rec, a request that ended
+// without running here: a takeover found it past its deadline, or could
+// not run it. Every end gets its line, wherever it is decided.
+func (s *Service) Journaled(rec *Record, err error) {
+	if s.opts.Journal == nil {
+		return
+	}
+	if jerr := s.opts.Journal.Ended(rec, err); jerr != nil {
+		s.log.Error("audit log not written", "request_id", rec.ID, "err", jerr)
+	}
+}
