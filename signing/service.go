@@ -700,18 +700,14 @@ func (kp *keyPending) remove(p *pending) {
 	kp.n--
 }
 
-// finish ends p once: it records the outcome, removes p from the pending
-// set and sends sign_cancel with reason to every recipient but except. It
-// is the one transition out of pending, whatever ends a request.
-func (s *Service) finish(p *pending, o outcome, reason string, except registry.Holder) bool {
-	sh := s.shardOf(p.key)
-	sh.mu.Lock()
+// endLocked takes p, published and not yet ended, out of the pending set
+// with outcome o, and reports whether it did: the part of an end that
+// needs sh.mu, held by the caller.
+func (sh *shard) endLocked(p *pending, o outcome) bool {
 	if p.finished || !p.published {
-		sh.mu.Unlock()
 		return false
 	}
 	p.finished = true
-	p.endReason = reason
 	p.out = o
 	p.completed = time.Now()
 	if p.timer != nil {
@@ -724,6 +720,20 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 		}
 	}
 	delete(sh.byID, p.id)
+	return true
+}
+
+// finish ends p once: it records the outcome, removes p from the pending
+// set and sends sign_cancel with reason to every recipient but except. It
+// is the one transition out of pending, whatever ends a request.
+func (s *Service) finish(p *pending, o outcome, reason string, except registry.Holder) bool {
+	sh := s.shardOf(p.key)
+	sh.mu.Lock()
+	if !sh.endLocked(p, o) {
+		sh.mu.Unlock()
+		return false
+	}
+	p.endReason = reason
 	var recipients []registry.Holder
 	if reason != "" {
 		recipients = make([]registry.Holder, 0, len(p.recipients))
@@ -1047,23 +1057,10 @@ func (s *Service) isPublished(p *pending) bool {
 func (s *Service) leave(p *pending) {
 	sh := s.shardOf(p.key)
 	sh.mu.Lock()
-	if p.finished {
+	if !sh.endLocked(p, outcome{err: ErrShuttingDown}) {
 		sh.mu.Unlock()
 		return
 	}
-	p.finished = true
-	p.out = outcome{err: ErrShuttingDown}
-	p.completed = time.Now()
-	if p.timer != nil {
-		p.timer.Stop()
-	}
-	if kp := sh.byKey[p.key]; kp != nil {
-		kp.remove(p)
-		if kp.n == 0 {
-			delete(sh.byKey, p.key)
-		}
-	}
-	delete(sh.byID, p.id)
 	sh.mu.Unlock()
 	s.budget.give(p.owner, len(p.message))
 	s.res.drop(p.res)
