@@ -457,7 +457,7 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 		}
 		p.res = r
 	}
-	if err := s.publish(p, time.Until(expires), nil); err != nil {
+	if err := s.publish(p, nil); err != nil {
 		if p.res != nil {
 			if s.opts.Shared != nil {
 				s.opts.Shared.Release(p.snapshot())
@@ -495,10 +495,10 @@ func (s *Service) unmake(p *pending, err error) {
 }
 
 // publish makes p pending and sends it to the live connections of its key
-// (and, on a cluster, to the other nodes), with its deadline after ttl.
+// (and, on a cluster, to the other nodes), then starts its deadline.
 // The connections in have already have its frame: they are recipients,
 // and are not sent it again.
-func (s *Service) publish(p *pending, ttl time.Duration, have map[registry.Holder]struct{}) error {
+func (s *Service) publish(p *pending, have map[registry.Holder]struct{}) error {
 	// Asked before the lock: the bus may take locks of its own.
 	busReady := s.bus != nil && s.bus.Ready()
 	sh := s.shardOf(p.key)
@@ -544,7 +544,6 @@ func (s *Service) publish(p *pending, ttl time.Duration, have map[registry.Holde
 	if probe {
 		p.probe = make(chan bool, 1)
 	}
-	p.timer = time.AfterFunc(ttl, func() { s.finish(p, outcome{err: ErrTimeout}, protocol.CancelTimeout, nil) })
 	s.pending.Add(1)
 	if !p.async {
 		s.blocking.Add(1)
@@ -559,6 +558,13 @@ func (s *Service) publish(p *pending, ttl time.Duration, have map[registry.Holde
 	if s.bus != nil {
 		s.bus.Offer(Offer{ID: p.idStr, Key: p.key, Frame: p.frame, Expires: p.expires, Probe: probe, Resource: p.res != nil})
 	}
+	// The deadline runs from here: a timeout's sign_cancel must come after
+	// the sign_request it cancels, however short the timeout.
+	sh.mu.Lock()
+	if !p.finished {
+		p.timer = time.AfterFunc(time.Until(p.expires), func() { s.finish(p, outcome{err: ErrTimeout}, protocol.CancelTimeout, nil) })
+	}
+	sh.mu.Unlock()
 	return nil
 }
 

@@ -86,7 +86,7 @@ func (s *Service) Adopt(rec *Record) bool {
 	for _, h := range ho.Have {
 		have[h] = struct{}{}
 	}
-	if err := s.publish(p, time.Until(p.expires), have); err != nil {
+	if err := s.publish(p, have); err != nil {
 		s.unmake(p, err)
 		return false
 	}
