@@ -31,6 +31,7 @@ type loadOptions struct {
 	timeout    time.Duration
 	client     string
 	checkSigs  bool
+	mode       string      // -mode: sync, async or replay
 	idle       idleOptions // idle.n > 0: open idle connections first
 }
 
@@ -42,6 +43,8 @@ type workerResult struct {
 	total     int             // every request finished, window or not
 	totalBad  int             // every non-200 or failed request, window or not
 	dropped   int             // open loop: sends the generator could not start in time
+	firsts    int             // -mode replay: first requests made (each asks a holder once)
+	gets      int             // -mode async: GET /sign/{id} calls made (pending ones repeated)
 }
 
 func newWorkerResult() *workerResult {
@@ -54,6 +57,12 @@ func runLoad(o loadOptions) error {
 	mode := "closed loop"
 	if o.rate > 0 {
 		mode = fmt.Sprintf("open loop at %.0f req/s", o.rate)
+	}
+	switch o.mode {
+	case modeAsync:
+		mode += fmt.Sprintf(`, -mode async ("wait": false, 202, then GET /sign/{id}?wait_ms=%d until signed)`, asyncWaitMS)
+	case modeReplay:
+		mode += ", -mode replay (one blocking request per backend with an Idempotency-Key, then its replays are measured)"
 	}
 	fmt.Printf("== signrelay-bench load: %s, %d holders, %d backends, %s measured after %s warm-up, %d-byte messages, client %s\n",
 		mode, o.holders, o.backends, o.duration, o.warmup, o.msgBytes, o.client)
@@ -127,7 +136,11 @@ func runLoad(o loadOptions) error {
 	}()
 	report("key holders", "%d introduced", len(holders))
 
-	client, err := newSignClient(o.client, o.addr, o.apiKey, o.backends, o.timeout+5*time.Second)
+	clientTimeout := o.timeout + 5*time.Second
+	if o.mode == modeAsync {
+		clientTimeout = max(o.timeout, asyncWaitMS*time.Millisecond) + 5*time.Second
+	}
+	client, err := newSignClient(o.client, o.addr, o.apiKey, o.backends, clientTimeout)
 	if err != nil {
 		return err
 	}
@@ -178,7 +191,14 @@ func runLoad(o loadOptions) error {
 		wg.Add(1)
 		go func(r *workerResult) {
 			defer wg.Done()
-			backend(o, client.caller(), holders, r, sched, winStart, winEnd)
+			switch o.mode {
+			case modeAsync:
+				backendAsync(o, client.caller(), holders, r, sched, winStart, winEnd)
+			case modeReplay:
+				backendReplay(o, client.caller(), holders, r, sched, winStart, winEnd)
+			default:
+				backend(o, client.caller(), holders, r, sched, winStart, winEnd)
+			}
 		}(results[w])
 	}
 	wg.Wait()
@@ -188,8 +208,10 @@ func runLoad(o loadOptions) error {
 	var lat []time.Duration
 	status := map[int]int{}
 	transport := map[string]int{}
-	total, totalBad := 0, 0
+	total, totalBad, firsts, gets := 0, 0, 0, 0
 	for _, r := range results {
+		firsts += r.firsts
+		gets += r.gets
 		lat = append(lat, r.lat...)
 		for k, v := range r.status {
 			status[k] += v
@@ -238,6 +260,15 @@ func runLoad(o loadOptions) error {
 	}
 	report("holders", "sign_request %d, signed %d, sign_cancel %d, error frames %d, pings %d",
 		hst.requests.Load(), hst.signed.Load(), hst.cancels.Load(), hst.errors.Load(), hst.pings.Load())
+	if o.mode == modeAsync && total > 0 {
+		report("long polls", "%d GET /sign/{id} for %d requests (%.2f each; warm-up and drain included)", gets, total, float64(gets)/float64(total))
+	}
+	var prompted int64
+	if o.mode == modeReplay {
+		// Every first request asks one holder once; a replay asks none.
+		prompted = max(hst.requests.Load()-int64(firsts), 0)
+		report("replays asking a holder", "%d (sign_request %d for %d first requests)", prompted, hst.requests.Load(), firsts)
+	}
 	if e, _ := hst.lastErr.Load().(string); e != "" {
 		report("last error frame", "%s", e)
 	}
@@ -266,7 +297,7 @@ func runLoad(o loadOptions) error {
 			report(names[i]+" VmRSS", "%d KiB", rss)
 		}
 	}
-	if errorsInWindow > 0 || totalBad > 0 || dropped > 0 {
+	if errorsInWindow > 0 || totalBad > 0 || dropped > 0 || prompted > 0 {
 		return errors.New("the run had errors")
 	}
 	return nil
@@ -415,6 +446,12 @@ func goodSignature(resp, pub, msg []byte, full bool) bool {
 func errKind(err error) string {
 	if errors.Is(err, errBadSignature) {
 		return "bad_signature"
+	}
+	if errors.Is(err, errNotReplayed) {
+		return "not_replayed"
+	}
+	if errors.Is(err, errBadResource) {
+		return "bad_resource"
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

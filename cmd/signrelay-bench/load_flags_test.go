@@ -158,3 +158,17 @@ func captureStdout(t *testing.T, f func() error) (string, error) {
 	_ = r.Close()
 	return buf.String(), ferr
 }
+
+func TestLoadFlagsMode(t *testing.T) {
+	if o, err := parseLoad(); err != nil || o.mode != modeSync {
+		t.Fatalf("default -mode: %q, %v", o.mode, err)
+	}
+	for _, m := range []string{"sync", "async", "replay"} {
+		if o, err := parseLoad("-mode", m); err != nil || o.mode != m {
+			t.Errorf("-mode %s: %q, %v", m, o.mode, err)
+		}
+	}
+	if _, err := parseLoad("-mode", "blocking"); err == nil || !strings.Contains(err.Error(), "-mode") {
+		t.Errorf("-mode blocking: %v", err)
+	}
+}

@@ -3,6 +3,7 @@
 // sign with crypto/ed25519, and backends calling POST /sign.
 //
 //	signrelay-bench load  -url http://127.0.0.1:18080 -api-key KEY -pid PID [-holders 100] [-backends 64] [-duration 25s] [-rate 0] [-idle 0]
+//	                      [-mode sync|async|replay]   (blocking calls; "wait": false and long polls; Idempotency-Key replays)
 //	                      [-holder-url http://127.0.0.1:18081 -pids B=PID,nats=PID]   (a cluster: holders on another node)
 //	signrelay-bench idle  -url http://127.0.0.1:18080 -pid PID -n 19000
 //	signrelay-bench relay -config bench.yaml -cpuprofile relay.pprof   (the relay itself, profiled)
@@ -225,6 +226,7 @@ func parseLoadFlags(args []string, onError flag.ErrorHandling, output io.Writer)
 	fs.IntVar(&o.msgBytes, "msg-bytes", 32, "message size in bytes")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout_ms sent with each request")
 	fs.StringVar(&o.client, "client", "fasthttp", "HTTP client: fasthttp or nethttp")
+	fs.StringVar(&o.mode, "mode", modeSync, `request mode: sync (blocking POST /sign), async ("wait": false, 202, then GET /sign/{id}?wait_ms=30000 until signed) or replay (per backend one request with an Idempotency-Key, then its replays are what is measured)`)
 	fs.BoolVar(&o.checkSigs, "check-sigs", false, "verify every returned signature in the generator (costs one Verify per request)")
 	holderURL := fs.String("holder-url", "", "relay base URL the key holders connect to (loopback only; default -url), e.g. another node of a cluster: backends still call -url, and so do -idle connections (their RSS is -pid's)")
 	pids := fs.String("pids", "", "more processes (PID or NAME=PID, comma-separated; e.g. the other relay and nats-server) whose CPU time is reported each and summed with -pid's per request")
@@ -263,6 +265,8 @@ func parseLoadFlags(args []string, onError flag.ErrorHandling, output io.Writer)
 		return o, errors.New("load: -msg-bytes must be 1..65536")
 	case o.timeout < time.Millisecond || o.timeout > 60*time.Second:
 		return o, errors.New("load: -timeout must be 1ms..60s")
+	case o.mode != modeSync && o.mode != modeAsync && o.mode != modeReplay:
+		return o, fmt.Errorf("load: -mode %q: want sync, async or replay", o.mode)
 	case o.idle.n < 0 || o.idle.n > 60000 || o.idle.sources < 1 || o.idle.sources > 250 || o.idle.dialers < 1:
 		return o, errors.New("load: -idle must be 0..60000, -sources 1..250, -dialers ≥ 1")
 	}

@@ -114,3 +114,40 @@ func TestPercentile(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadAsync(t *testing.T) {
+	o := smokeLoad(startSmokeRelay(t))
+	o.mode = modeAsync
+	o.checkSigs = true
+	if err := runLoad(o); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadAsyncNetHTTPOpenLoop(t *testing.T) {
+	o := smokeLoad(startSmokeRelay(t))
+	o.mode = modeAsync
+	o.client = "nethttp"
+	o.rate = 200
+	if err := runLoad(o); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadReplay(t *testing.T) {
+	o := smokeLoad(startSmokeRelay(t))
+	o.mode = modeReplay
+	o.checkSigs = true
+	if err := runLoad(o); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadReplayNetHTTP(t *testing.T) {
+	o := smokeLoad(startSmokeRelay(t))
+	o.mode = modeReplay
+	o.client = "nethttp"
+	if err := runLoad(o); err != nil {
+		t.Fatal(err)
+	}
+}
