@@ -369,7 +369,7 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 		}
 		var ie idemEntry
 		_ = json.Unmarshal(e.Value(), &ie)
-		held, err := s.get(ctx, kv, rec.Owner, ie.ID)
+		held, _, err := s.get(ctx, kv, rec.Owner, ie.ID)
 		if err == nil && held != nil && held.IdemKey == rec.IdemKey {
 			return held, nil
 		}
@@ -441,27 +441,27 @@ func (s *Store) Save(rec *signing.Record) {
 	s.log.Warn("request end not recorded: the record kept changing", "request_id", rec.ID)
 }
 
-// get reads owner's record id; ErrNotFound when absent, foreign or past
-// its TTL.
-func (s *Store) get(ctx context.Context, kv jetstream.KeyValue, owner, id string) (*signing.Record, error) {
+// get reads owner's record id and the node that runs it; ErrNotFound
+// when absent, foreign or past its TTL.
+func (s *Store) get(ctx context.Context, kv jetstream.KeyValue, owner, id string) (*signing.Record, string, error) {
 	e, err := kv.Get(ctx, recordKey(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, signing.ErrNotFound
+		return nil, "", signing.ErrNotFound
 	}
 	if err != nil {
-		return nil, signing.ErrClusterUnreachable
+		return nil, "", signing.ErrClusterUnreachable
 	}
 	return s.visible(e.Value(), owner)
 }
 
-func (s *Store) visible(b []byte, owner string) (*signing.Record, error) {
+func (s *Store) visible(b []byte, owner string) (*signing.Record, string, error) {
 	st, err := decodeStored(b)
 	if err != nil || st.Owner != owner {
-		return nil, signing.ErrNotFound
+		return nil, "", signing.ErrNotFound
 	}
 	rec, err := st.record()
 	if err != nil {
-		return nil, signing.ErrNotFound
+		return nil, "", signing.ErrNotFound
 	}
 	if rec.Status == signing.StatusPending && time.Since(rec.Expires) > staleAfter {
 		// Past its deadline and still pending: nobody runs it any more
@@ -469,9 +469,9 @@ func (s *Store) visible(b []byte, owner string) (*signing.Record, error) {
 		rec.Status, rec.Completed = signing.StatusTimeout, rec.Expires
 	}
 	if rec.Status != signing.StatusPending && time.Since(rec.Completed) > s.ttl {
-		return nil, signing.ErrNotFound
+		return nil, "", signing.ErrNotFound
 	}
-	return rec, nil
+	return rec, st.Node, nil
 }
 
 // staleAfter: a record still pending this long past its deadline is read
@@ -486,7 +486,8 @@ func (s *Store) Get(ctx context.Context, owner, id string) (*signing.Record, err
 	}
 	ctx, cancel := opCtx(ctx)
 	defer cancel()
-	return s.get(ctx, kv, owner, id)
+	rec, _, err := s.get(ctx, kv, owner, id)
+	return rec, err
 }
 
 // Wait implements signing.Shared: it watches the record's key.
@@ -519,7 +520,7 @@ func (s *Store) Wait(ctx context.Context, owner, id string) (*signing.Record, er
 			if e.Operation() != jetstream.KeyValuePut {
 				return nil, signing.ErrNotFound // released: never made
 			}
-			rec, err := s.visible(e.Value(), owner)
+			rec, _, err := s.visible(e.Value(), owner)
 			if err != nil {
 				return nil, err
 			}
@@ -551,7 +552,13 @@ type cancelReply struct {
 // Cancel implements signing.Shared: the node that runs the request
 // cancels it; when that node is gone, this one adopts it first.
 func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, error) {
-	rec, err := s.Get(ctx, owner, id)
+	kv, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	gctx, gcancel := opCtx(ctx)
+	rec, node, err := s.get(gctx, kv, owner, id)
+	gcancel()
 	if err != nil {
 		return nil, err
 	}
@@ -560,10 +567,6 @@ func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, 
 			return rec, nil
 		}
 		return rec, signing.ErrNotPending
-	}
-	node, err := s.nodeOf(ctx, id)
-	if err != nil {
-		return nil, err
 	}
 	if node == s.node {
 		// Ours, but not running here (this process is shutting down and
@@ -622,25 +625,6 @@ func (s *Store) Cancel(ctx context.Context, owner, id string) (*signing.Record, 
 		return nil, signing.ErrClusterUnreachable
 	}
 	return nil, signing.ErrNotFound
-}
-
-// nodeOf is the node that runs the pending request id.
-func (s *Store) nodeOf(ctx context.Context, id string) (string, error) {
-	kv, err := s.store()
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := opCtx(ctx)
-	defer cancel()
-	e, err := kv.Get(ctx, recordKey(id))
-	if err != nil {
-		return "", signing.ErrNotFound
-	}
-	st, err := decodeStored(e.Value())
-	if err != nil {
-		return "", signing.ErrNotFound
-	}
-	return st.Node, nil
 }
 
 func (s *Store) onCancel(m *nats.Msg) {

@@ -418,13 +418,11 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 		expires = d
 	}
 
-	p := &pending{
-		id: id, idStr: id.String(), key: req.Key, owner: req.Owner, message: req.Message,
-		ended: make(chan struct{}), expires: expires, created: now,
-		description: req.Description, requester: req.Requester, async: req.Async, waitForHolder: req.WaitForHolder,
-	}
-	p.frame = protocol.EncodeSignRequest(p.idStr, req.Message, req.Description, req.Requester, expires)
-	p.idemKey, p.fp = req.IdempotencyKey, req.Fingerprint
+	p := newPending(id, &Record{
+		Owner: req.Owner, Requester: req.Requester, Key: req.Key, Message: req.Message, Description: req.Description,
+		Created: now, Expires: expires, Async: req.Async, WaitForHolder: req.WaitForHolder,
+		IdemKey: req.IdempotencyKey, Fingerprint: req.Fingerprint,
+	})
 	if req.resource() {
 		r := &resource{id: id, owner: req.Owner, idemKey: req.IdempotencyKey, fp: req.Fingerprint, p: p}
 		if sh := s.opts.Shared; sh != nil {
@@ -484,6 +482,19 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 		}
 	}
 	return &Handle{s: s, p: p}, nil
+}
+
+// newPending is the request rec describes (its ID aside), not yet
+// published: what Start makes and what Adopt takes over.
+func newPending(id uuid.UUID, rec *Record) *pending {
+	p := &pending{
+		id: id, idStr: id.String(), key: rec.Key, owner: rec.Owner, message: rec.Message,
+		ended: make(chan struct{}), expires: rec.Expires, created: rec.Created,
+		description: rec.Description, requester: rec.Requester, async: rec.Async, waitForHolder: rec.WaitForHolder,
+		idemKey: rec.IdemKey, fp: rec.Fingerprint,
+	}
+	p.frame = protocol.EncodeSignRequest(p.idStr, p.message, p.description, p.requester, p.expires)
+	return p
 }
 
 // unmake undoes the local claim of a resource that was never made: a
@@ -752,28 +763,33 @@ func (s *Service) finish(p *pending, o outcome, reason string, except registry.H
 	sh.mu.Unlock()
 	s.budget.give(p.owner, len(p.message))
 
-	if s.opts.Journal != nil && !errors.Is(o.err, ErrNotConnected) { // a cluster-wide 404 was never made
-		if err := s.opts.Journal.Ended(p.record(true), o.err); err != nil {
+	made := !errors.Is(o.err, ErrNotConnected) // a cluster-wide 404 was never made
+	var rec *Record
+	if s.opts.Journal != nil || p.res != nil {
+		rec = p.record(true)
+	}
+	if s.opts.Journal != nil && made {
+		if err := s.opts.Journal.Ended(rec, o.err); err != nil {
 			s.log.Error("audit log not written", "request_id", p.idStr, "err", err)
 			if o.err == nil {
 				// Fail closed: no signature leaves without its line.
 				p.out = outcome{err: ErrJournal}
+				rec = p.record(true)
 			}
 		}
 	}
 	if p.res != nil {
 		// Recorded before anyone hears of the end, so that whoever hears
 		// of it can read it on any node.
-		rec := p.record(true)
-		if errors.Is(o.err, ErrNotConnected) { // never made (cluster-wide 404)
-			s.res.drop(p.res)
-			if s.opts.Shared != nil {
-				s.opts.Shared.Release(rec)
-			}
-		} else {
+		if made {
 			s.res.end(p.res, rec)
 			if s.opts.Shared != nil {
 				s.opts.Shared.Save(rec)
+			}
+		} else {
+			s.res.drop(p.res)
+			if s.opts.Shared != nil {
+				s.opts.Shared.Release(rec)
 			}
 		}
 	}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
 )
 
@@ -62,15 +61,14 @@ func (s *Service) Adopt(rec *Record) bool {
 	if s.closing.Load() || !time.Now().Before(rec.Expires) {
 		return false
 	}
-	p := &pending{
-		id: uuid.MustParse(rec.ID), idStr: rec.ID, key: rec.Key, owner: rec.Owner, message: rec.Message,
-		ended: make(chan struct{}), expires: rec.Expires, created: rec.Created,
-		description: rec.Description, requester: rec.Requester, async: rec.Async,
-		// Adopted requests wait for a holder: the nodes of their
-		// recipients may come back, and a 404 is no longer an answer.
-		waitForHolder: true, idemKey: rec.IdemKey, fp: rec.Fingerprint,
+	id, err := uuid.Parse(rec.ID)
+	if err != nil {
+		return false
 	}
-	p.frame = protocol.EncodeSignRequest(p.idStr, p.message, p.description, p.requester, p.expires)
+	p := newPending(id, rec)
+	// Adopted requests wait for a holder: the nodes of their recipients
+	// may come back, and a 404 is no longer an answer.
+	p.waitForHolder = true
 	if s.res.get(p.owner, p.id) != nil {
 		return false
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -403,25 +402,10 @@ func backend(o loadOptions, c signCaller, holders []*holder, r *workerResult, sc
 
 		status, resp, err := c.sign(body)
 		done := time.Now()
-		r.total++
 		if err == nil && status == 200 && !goodSignature(resp, h.pub, msg, o.checkSigs) {
 			err = errBadSignature
 		}
-		if err != nil || status != 200 {
-			r.totalBad++
-			if r.totalBad <= 3 {
-				fmt.Fprintf(os.Stderr, "request failed: status %d err %v body %.200s\n", status, err, resp)
-			}
-		}
-		if done.Before(winStart) || done.After(winEnd) {
-			continue
-		}
-		if err != nil {
-			r.transport[errKind(err)]++
-			continue
-		}
-		r.status[status]++
-		r.lat = append(r.lat, done.Sub(t0))
+		record(r, t0, done, winStart, winEnd, status, resp, err)
 	}
 }
 
