@@ -188,3 +188,25 @@ func TestMetricsOwnListener(t *testing.T) {
 		t.Fatalf("/metrics on the public listener: %d, want 404", res.StatusCode)
 	}
 }
+
+// A 429 is counted under its scope.
+func TestMetricsRateLimited(t *testing.T) {
+	r := startRelay(t, func(c *config.Config) {
+		c.RateLimits.Enabled = true
+		c.RateLimits.SignPerAPIKey = config.Limit{Rate: 0.001, Burst: 1}
+	})
+	pub, _ := newKey(t)
+	body := signBody(pub, []byte("limited"), nil)
+	expectError(t, r.post(body), 404, "not_connected")
+	expectError(t, r.post(body), 429, "rate_limited")
+	text := scrape(t, r.base+"/metrics")
+	for series, want := range map[string]float64{
+		`signrelay_rate_limited_total{scope="api_key"}`:      1,
+		`signrelay_rate_limited_total{scope="public_key"}`:   0,
+		`signrelay_sign_requests_total{code="rate_limited"}`: 1,
+	} {
+		if got := metricValue(text, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+}
