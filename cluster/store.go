@@ -209,13 +209,41 @@ func NewStore(l *Link, o StoreOptions, log *slog.Logger) (*Store, error) {
 }
 
 func (s *Store) open(ctx context.Context) error {
-	kv, err := s.js.CreateOrUpdateKeyValue(ctx, s.bucket)
-	if err != nil {
-		return err
+	// Every read must see the writes before it: a compare-and-set reads
+	// the revision it writes over, and a replay right after an end must
+	// find the end. A bucket's "direct get" may be answered by a replica
+	// that is behind, so the bucket's stream is read through its leader:
+	// the first node makes the bucket and turns direct gets off, and
+	// every node opens it only once they are off, so that its client
+	// never reads directly.
+	name := "KV_" + s.bucket.Bucket
+	for attempt := 0; attempt < 5; attempt++ {
+		st, err := s.js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			if _, err := s.js.CreateKeyValue(ctx, s.bucket); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if cfg := st.CachedInfo().Config; cfg.AllowDirect {
+			cfg.AllowDirect = false
+			if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+				return err
+			}
+			continue
+		}
+		kv, err := s.js.KeyValue(ctx, s.bucket.Bucket)
+		if err != nil {
+			return err
+		}
+		s.kv.Store(&kv)
+		s.log.Debug("request bucket open", "bucket", s.bucket.Bucket, "replicas", s.bucket.Replicas)
+		return nil
 	}
-	s.kv.Store(&kv)
-	s.log.Debug("request bucket open", "bucket", s.bucket.Bucket, "replicas", s.bucket.Replicas)
-	return nil
+	return errors.New("the request bucket's stream keeps changing")
 }
 
 // Start serves the other nodes' cancels and pings, opens the bucket if
@@ -381,7 +409,7 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 			return nil, nil
 		}
 	}
-	return nil, signing.ErrClusterUnreachable
+	return nil, fmt.Errorf("%w (the idempotency key kept changing)", signing.ErrClusterUnreachable)
 }
 
 // Release implements signing.Shared.
@@ -449,7 +477,7 @@ func (s *Store) get(ctx context.Context, kv jetstream.KeyValue, owner, id string
 		return nil, "", signing.ErrNotFound
 	}
 	if err != nil {
-		return nil, "", signing.ErrClusterUnreachable
+		return nil, "", fmt.Errorf("%w (%v)", signing.ErrClusterUnreachable, err)
 	}
 	return s.visible(e.Value(), owner)
 }

@@ -349,6 +349,7 @@ func (h *Handle) Await(ctx context.Context) (*Record, error) {
 		case errors.Is(err, ErrNotFound): // never made after all (no node held the key)
 			return h.rec, ErrNotConnected
 		case err != nil:
+			h.s.log.Warn("cannot follow a request of another node", "request_id", h.rec.ID, "err", err)
 			return h.rec, ErrClusterUnreachable
 		case rec.Status == StatusPending && !time.Now().Before(h.rec.Expires):
 			return rec, ErrTimeout
@@ -431,6 +432,7 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 			held, err := sh.Claim(ctx, p.snapshot())
 			if err != nil {
 				if !errors.Is(err, ErrClaimed) {
+					s.log.Warn("request resource not recorded in the cluster's store", "request_id", p.idStr, "err", err)
 					return nil, ErrClusterUnreachable
 				}
 				if held.Fingerprint != req.Fingerprint {
