@@ -179,7 +179,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 	}
 	if async {
 		c.Set(fiber.HeaderLocation, "/sign/"+requestID)
-		return writeResource(c, fiber.StatusAccepted, h.Record())
+		return writeResource(c, fiber.StatusAccepted, h.Made())
 	}
 	rec, err := h.Await(ctx)
 	status, code := fiber.StatusOK, ""

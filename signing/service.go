@@ -332,6 +332,17 @@ func (h *Handle) Record() *Record {
 	return h.p.snapshot()
 }
 
+// Made is what an asynchronous call answers with: the request as it was
+// made (pending) when this call made it, as it is now when the call
+// joined one made before. A holder may answer before the 202 is written;
+// the contract's 202 still says pending.
+func (h *Handle) Made() *Record {
+	if h.p != nil && !h.Replayed {
+		return h.p.record(false)
+	}
+	return h.Record()
+}
+
 // Await waits until the request ends or ctx is done, and returns its
 // record with the error a blocking call gets (nil when signed). When ctx
 // is done first, a request that is not a resource ends then

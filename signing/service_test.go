@@ -338,3 +338,36 @@ func TestBudgetRefusesSign(t *testing.T) {
 		t.Fatal(r.err)
 	}
 }
+
+// An asynchronous call answers with the request as made, even when the
+// holder answered before the 202 was written (contract §C: status
+// pending); a call that joins the request later sees it as it is then.
+func TestMadeIsPendingWhenAnsweredAtOnce(t *testing.T) {
+	s, _ := setup(t, Options{})
+	a := newHolder(t, nil, "a")
+	s.Attach(a)
+	req := Request{Owner: "o", Key: a.key, Message: []byte("m"), Async: true, IdempotencyKey: "k"}
+	h, err := s.Start(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fe := s.Respond(a, a.answer(a.next(t))); fe != nil {
+		t.Fatal(fe)
+	}
+	if _, err := s.Get(context.Background(), "o", h.ID(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Record().Status; got != StatusSigned {
+		t.Fatalf("Record: %s, want signed", got)
+	}
+	if got := h.Made().Status; got != StatusPending {
+		t.Fatalf("Made: %s, want pending", got)
+	}
+	again, err := s.Start(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Replayed || again.Made().Status != StatusSigned {
+		t.Fatalf("replay: replayed %v, %s", again.Replayed, again.Made().Status)
+	}
+}
