@@ -53,9 +53,62 @@ type shard struct {
 
 // holders is a set with an order: list for iteration, index for O(1)
 // membership and removal (a removed holder's slot takes the last one).
+// Most keys have one to a few connections, where scanning list is as
+// fast as a map and a map costs about 250 bytes per key: index exists only
+// while the key has more than indexAbove holders.
 type holders struct {
 	list  []Holder
 	index map[Holder]int
+}
+
+const indexAbove = 8
+
+// find returns h's position in list, or -1.
+func (hs *holders) find(h Holder) int {
+	if hs.index != nil {
+		if i, ok := hs.index[h]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, x := range hs.list {
+		if x == h {
+			return i
+		}
+	}
+	return -1
+}
+
+func (hs *holders) add(h Holder) {
+	hs.list = append(hs.list, h)
+	switch {
+	case hs.index != nil:
+		hs.index[h] = len(hs.list) - 1
+	case len(hs.list) > indexAbove:
+		hs.index = make(map[Holder]int, len(hs.list))
+		for i, x := range hs.list {
+			hs.index[x] = i
+		}
+	}
+}
+
+// remove takes out the holder at i, which the last one replaces.
+func (hs *holders) remove(i int) {
+	h, last := hs.list[i], len(hs.list)-1
+	if i != last {
+		hs.list[i] = hs.list[last]
+		if hs.index != nil {
+			hs.index[hs.list[i]] = i
+		}
+	}
+	hs.list[last] = nil
+	hs.list = hs.list[:last]
+	if hs.index != nil {
+		delete(hs.index, h)
+		if len(hs.list) <= indexAbove/2 {
+			hs.index = nil
+		}
+	}
 }
 
 // New returns an empty registry that admits at most maxPerKey live
@@ -81,17 +134,16 @@ func (r *Registry) Add(h Holder) error {
 	defer s.mu.Unlock()
 	hs := s.byKey[h.Key()]
 	if hs == nil {
-		hs = &holders{index: make(map[Holder]int, 1)}
+		hs = &holders{}
 		s.byKey[h.Key()] = hs
 	}
-	if _, ok := hs.index[h]; ok {
+	if hs.find(h) >= 0 {
 		return nil
 	}
 	if r.maxPerKey > 0 && len(hs.list) >= r.maxPerKey {
 		return ErrTooManyConnections
 	}
-	hs.index[h] = len(hs.list)
-	hs.list = append(hs.list, h)
+	hs.add(h)
 	s.count++
 	return nil
 }
@@ -106,18 +158,11 @@ func (r *Registry) Remove(h Holder) bool {
 	if hs == nil {
 		return false
 	}
-	i, ok := hs.index[h]
-	if !ok {
+	i := hs.find(h)
+	if i < 0 {
 		return false
 	}
-	last := len(hs.list) - 1
-	if i != last {
-		hs.list[i] = hs.list[last]
-		hs.index[hs.list[i]] = i
-	}
-	hs.list[last] = nil
-	hs.list = hs.list[:last]
-	delete(hs.index, h)
+	hs.remove(i)
 	if len(hs.list) == 0 {
 		delete(s.byKey, h.Key())
 	}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -126,5 +127,58 @@ func TestMaxPerKey(t *testing.T) {
 	}
 	if !got["a2"] || !got["a3"] || len(got) != 2 {
 		t.Fatalf("holders %v, want a2 and a3", got)
+	}
+}
+
+// A key's set moves between its list-only form and its indexed one as it
+// grows past indexAbove and shrinks again; membership, order-independent
+// contents, duplicates and removal stay right throughout.
+func TestManyHoldersOfOneKey(t *testing.T) {
+	r := New(0)
+	k := key(7)
+	const n = 3 * indexAbove
+	hs := make([]*fake, n)
+	for i := range hs {
+		hs[i] = &fake{key: k, id: string(rune('a' + i))}
+		if err := r.Add(hs[i]); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Add(hs[i]); err != nil { // twice is harmless
+			t.Fatal(err)
+		}
+		if got := r.Count(k); got != i+1 {
+			t.Fatalf("after %d adds: count %d", i+1, got)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	order := rng.Perm(n)
+	live := map[Holder]bool{}
+	for _, h := range hs {
+		live[h] = true
+	}
+	for j, i := range order {
+		if !r.Remove(hs[i]) || r.Remove(hs[i]) {
+			t.Fatalf("remove %d: first must succeed, second must not", i)
+		}
+		delete(live, hs[i])
+		got := r.Holders(k)
+		if len(got) != n-j-1 || r.Len() != n-j-1 {
+			t.Fatalf("after %d removals: %d holders, Len %d", j+1, len(got), r.Len())
+		}
+		for _, h := range got {
+			if !live[h] {
+				t.Fatalf("after %d removals: %v is listed but was removed", j+1, h)
+			}
+		}
+		if j == n/2 { // grow again from the middle
+			if err := r.Add(hs[i]); err != nil {
+				t.Fatal(err)
+			}
+			live[hs[i]] = true
+			if !r.Remove(hs[i]) {
+				t.Fatal("re-added holder not found")
+			}
+			delete(live, hs[i])
+		}
 	}
 }
