@@ -136,12 +136,7 @@ type holderConn struct {
 }
 
 func newHolderConn(s *Server, ws *websocket.Conn, ip string) *holderConn {
-	return &holderConn{
-		srv:       s,
-		ws:        ws,
-		ip:        ip,
-		badFrames: rate.NewLimiter(1, badFrameBurst),
-	}
+	return &holderConn{srv: s, ws: ws, ip: ip}
 }
 
 // logger is built when something is logged, not kept: with tens of
@@ -319,9 +314,10 @@ func (c *holderConn) finish() {
 }
 
 // abort closes the TCP connection at once, so that the reader fails and the
-// holder is detached. NetConn is fasthttp's hijack wrapper, whose Close does
-// nothing (fasthttp closes the socket when the handler returns), so the
-// socket underneath is closed.
+// holder is detached; it is also how every connection's socket is finally
+// closed (fasthttp keeps hijacked connections open: KeepHijackedConns).
+// The socket under fasthttp's hijack wrapper is closed directly. Closing
+// it twice is harmless.
 func (c *holderConn) abort() {
 	nc := c.ws.NetConn()
 	if u, ok := nc.(interface{ UnsafeConn() net.Conn }); ok {

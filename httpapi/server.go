@@ -75,11 +75,14 @@ type Server struct {
 	// metricsSrv serves /metrics on metrics.listen; nil when on listen.
 	metricsSrv *http.Server
 
-	draining   atomic.Bool
-	ready      func() bool
-	closeParts func()
-	clustered  bool
-	closeOnce  sync.Once
+	draining atomic.Bool
+	// handlerBound counts key-holder connections that could not leave
+	// their hijack handler (hijack.go), for tests.
+	handlerBound atomic.Int64
+	ready        func() bool
+	closeParts   func()
+	clustered    bool
+	closeOnce    sync.Once
 
 	mu sync.Mutex
 	// guards the following fields
@@ -237,6 +240,10 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		// hijacked WebSocket does not keep it (it reads through its own).
 		ReduceMemoryUsage: true,
 	})
+	// A key-holder connection outlives its hijack handler (hijack.go):
+	// fasthttp must not close it when the handler returns. Every hijack
+	// handler closes its connection itself.
+	s.app.Server().KeepHijackedConns = true
 	s.app.Server().HeaderReceived = s.onHeaders
 	s.app.Server().Handler = s.knownMethodsOnly(s.app.Server().Handler)
 	s.app.Use(s.guard)
@@ -274,8 +281,12 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 		return writeError(c, fiber.StatusMethodNotAllowed, codeMethodNotAllowed, "use GET or DELETE /sign/{request_id}", "")
 	})
 	s.app.Get("/ws", s.checkUpgrade, websocket.New(s.handleWS, websocket.Config{
-		RecoverHandler:  s.recoverWS,
-		ReadBufferSize:  1024,
+		RecoverHandler: s.recoverHandler,
+		// A sign_response with a 32-byte message is about 250 bytes:
+		// 512 reads it in one system call, and idle connections hold 512
+		// bytes each instead of 1024. Larger frames are read straight into
+		// the message buffer, past this one.
+		ReadBufferSize:  256,
 		WriteBufferSize: 1024,
 		// Idle connections hold no write buffer.
 		WriteBufferPool: &sync.Pool{},

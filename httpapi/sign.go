@@ -192,7 +192,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 		// Nobody is there to read an answer: close the connection
 		// without one, rather than invent a status.
 		c.Context().HijackSetNoResponse(true)
-		c.Context().Hijack(func(net.Conn) {})
+		c.Context().Hijack(func(nc net.Conn) { _ = nc.Close() }) // KeepHijackedConns: ours to close
 		return nil
 	}
 	if err != nil {

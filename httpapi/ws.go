@@ -14,6 +14,7 @@ import (
 	fws "github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
+	"golang.org/x/time/rate"
 
 	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
@@ -127,57 +128,81 @@ func (s *introSlot) release() {
 	})
 }
 
-// recoverWS ends a key-holder connection whose handler panicked: a bug
-// costs that connection a 1011, never the relay. The handler's own
-// deferred calls (detach, untrack) have run by then.
-func (s *Server) recoverWS(conn *fws.Conn) {
+// recoverWS ends a key-holder connection whose goroutine panicked: a bug
+// costs that connection a 1011, never the relay. The deferred calls of the
+// panicking function (detach, untrack) have run by then.
+func (s *Server) recoverWS(conn *websocket.Conn) {
 	if e := recover(); e != nil {
-		s.log.Error("panic in key-holder connection", "panic", e, "stack", string(debug.Stack()))
-		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		s.panicked(conn, e)
 	}
 }
 
-// handleWS runs one key-holder connection: challenge, introduction within
-// the deadline, then the read loop until the socket closes. Writes after the
-// handshake go through the connection's queue.
+// recoverHandler is recoverWS for contrib's RecoverHandler, which defers
+// it on the hijack handler's goroutine (recover must be called there).
+func (s *Server) recoverHandler(conn *fws.Conn) {
+	if e := recover(); e != nil {
+		s.panicked(conn.Conn, e)
+	}
+}
+
+func (s *Server) panicked(conn *websocket.Conn, e any) {
+	s.log.Error("panic in key-holder connection", "panic", e, "stack", string(debug.Stack()))
+	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+}
+
+// handleWS runs one key-holder connection: challenge and introduction
+// within the deadline on the hijack handler's goroutine, then the read
+// loop until the socket closes — on a goroutine of its own when the socket
+// allows it (see hijack.go), so that the handler returns and fasthttp
+// frees what it holds for it. Writes after the handshake go through the
+// connection's queue.
 func (s *Server) handleWS(ws *fws.Conn) {
 	ip, _ := ws.Locals("client_ip").(string)
 	slot, _ := ws.Locals("intro_slot").(*introSlot)
+	conn := ws.Conn // ws itself is recycled by contrib when this returns
+	c := newHolderConn(s, conn, ip)
+	if !c.open(slot) {
+		return
+	}
+	if readsFromSocket(conn.NetConn()) {
+		go c.serve()
+		return
+	}
+	s.handlerBound.Add(1)
+	c.logger().Debug("bytes arrived before the upgrade completed; the connection keeps its handler")
+	c.serve()
+}
+
+// open tracks the connection and introduces it; it returns false, with
+// the connection closed and everything released, when the connection ends
+// before it is routable.
+func (c *holderConn) open(slot *introSlot) (ok bool) {
+	s := c.srv
 	defer slot.release()
-	c := newHolderConn(s, ws.Conn, ip)
 	if !s.track(c) {
 		c.writeCloseNow(protocol.CloseGoingAway, "relay shutting down")
-		return
+		c.abort()
+		return false
 	}
-	defer s.untrack(c)
-	defer c.finish()
-	ws.SetReadLimit(introductionFrameLimit)
-
+	attached := false
+	defer func() { // also on a panic
+		if !ok {
+			if attached {
+				s.svc.Detach(c)
+			}
+			c.end()
+		}
+	}()
+	c.ws.SetReadLimit(introductionFrameLimit)
 	if why, msg := c.introduce(); why != ReasonUnknown {
-		c.mu.Lock()
-		c.setReasonLocked(why)
-		c.mu.Unlock()
-		switch why {
-		case ReasonIntroductionFailed:
-			s.metrics.Introduction("failed")
-		case ReasonIntroductionTimeout:
-			s.metrics.Introduction("timeout")
-		default:
-			s.metrics.Introduction("abandoned")
-		}
-		switch why {
-		case ReasonIntroductionFailed, ReasonIntroductionTimeout:
-			c.logger().Info("introduction failed", "why", msg)
-			_ = c.writeNow(protocol.EncodeError(protocol.CodeIntroductionFailed, msg, ""))
-			c.writeCloseNow(protocol.CloseIntroductionFailed, "introduction failed")
-		default: // the library has sent 1009, or the peer is gone
-			c.logger().Debug("connection ended before introduction", "why", why.String(), "err", msg)
-		}
-		c.lingerRaw()
-		return
+		c.introductionFailed(why, msg)
+		return false
 	}
 	slot.release()
-	ws.SetReadLimit(int64(s.cfg.WebSocket.MaxFrameBytes))
+	if tc := findTracked(c.ws.NetConn()); tc != nil {
+		tc.slot.CompareAndSwap(slot, nil) // released: nothing to keep it for
+	}
+	c.ws.SetReadLimit(int64(s.cfg.WebSocket.MaxFrameBytes))
 
 	// The key holder may ask for a signature the moment it reads
 	// "introduced", so it must already be routable then: queue the frame,
@@ -187,19 +212,62 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	if err := s.svc.Attach(c); err != nil {
 		s.metrics.Introduction("too_many_connections")
 		c.refuseIntroduced(err)
-		return
+		return false
 	}
+	attached = true
 	s.metrics.Introduction("ok")
-	// Also on a panic: a holder left registered would take a place of its
-	// key and swallow its requests until they time out.
-	defer s.svc.Detach(c)
 	c.logger().Debug("introduced")
 	c.release()
 	c.startPinger()
+	return true
+}
+
+// introductionFailed ends a connection that was not introduced.
+func (c *holderConn) introductionFailed(why CloseReason, msg string) {
+	c.mu.Lock()
+	c.setReasonLocked(why)
+	c.mu.Unlock()
+	m := c.srv.metrics
+	switch why {
+	case ReasonIntroductionFailed:
+		m.Introduction("failed")
+	case ReasonIntroductionTimeout:
+		m.Introduction("timeout")
+	default:
+		m.Introduction("abandoned")
+	}
+	switch why {
+	case ReasonIntroductionFailed, ReasonIntroductionTimeout:
+		c.logger().Info("introduction failed", "why", msg)
+		_ = c.writeNow(protocol.EncodeError(protocol.CodeIntroductionFailed, msg, ""))
+		c.writeCloseNow(protocol.CloseIntroductionFailed, "introduction failed")
+	default: // the library has sent 1009, or the peer is gone
+		c.logger().Debug("connection ended before introduction", "why", why.String(), "err", msg)
+	}
+	c.lingerRaw()
+}
+
+// serve runs an introduced connection's read loop until it ends, then
+// detaches it and closes it. Its frame is the only one of ours under the
+// read loop while the connection is idle: it is kept small.
+func (c *holderConn) serve() {
+	defer c.end()
+	defer c.srv.recoverWS(c.ws)
+	// Also on a panic: a holder left registered would take a place of its
+	// key and swallow its requests until they time out.
+	defer c.srv.svc.Detach(c)
 	reason := c.readLoop()
-	s.svc.Detach(c)
+	c.srv.svc.Detach(c)
 	c.shutdown(reason)
 	c.logger().Debug("connection closed", "why", c.Reason().String())
+}
+
+// end is the last step on every path of a tracked connection: writers
+// stopped, the socket closed, the connection untracked.
+func (c *holderConn) end() {
+	c.finish()
+	c.abort()
+	c.srv.untrack(c)
 }
 
 // refuseIntroduced turns away a verified connection that Attach refused:
@@ -322,6 +390,9 @@ func (c *holderConn) readLoop() CloseReason {
 			continue
 		}
 		c.Send(ferr.Frame())
+		if c.badFrames == nil { // made on the first bad frame: most connections never send one
+			c.badFrames = rate.NewLimiter(1, badFrameBurst)
+		}
 		if !c.badFrames.Allow() {
 			c.Close(protocol.ClosePolicyViolation, "too many bad frames", ReasonBadFrames)
 			// It can receive nothing more: stop routing to it now, not when

@@ -180,6 +180,12 @@ type rawWS struct {
 // it returns the socket; otherwise the relay's answer, and the socket is
 // closed.
 func (r *relay) upgrade(local net.Addr, timeout time.Duration) (*rawWS, *response, error) {
+	return r.upgradeEarly(local, timeout, nil)
+}
+
+// upgradeEarly is upgrade with early sent in the same write as the upgrade
+// request, before the relay's 101: bytes a conforming client never sends.
+func (r *relay) upgradeEarly(local net.Addr, timeout time.Duration, early []byte) (*rawWS, *response, error) {
 	d := net.Dialer{Timeout: timeout, LocalAddr: local}
 	c, err := d.Dial("tcp", r.addr)
 	if err != nil {
@@ -191,7 +197,7 @@ func (r *relay) upgrade(local net.Addr, timeout time.Duration) (*rawWS, *respons
 	req := "GET /ws HTTP/1.1\r\nHost: " + r.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: " + k + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := io.WriteString(c, req); err != nil {
+	if _, err := c.Write(append([]byte(req), early...)); err != nil {
 		c.Close()
 		return nil, nil, err
 	}
