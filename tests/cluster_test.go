@@ -71,6 +71,14 @@ func startCluster(t *testing.T, n int, mutate func(*config.Config)) []*node {
 			}
 		}, func(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 			srv, cn, err := buildNode(cfg, log)
+			// The route port was free when picked, but another test
+			// process may have taken it since: pick another. The other
+			// nodes learn the new one when this node connects to them
+			// (NATS gossips route URLs).
+			for try := 0; err != nil && strings.Contains(err.Error(), "address already in use") && try < 3; try++ {
+				cfg.Cluster.Embedded.ClusterListen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+				srv, cn, err = buildNode(cfg, log)
+			}
 			if cn != nil {
 				nd.link, nd.cn = cn.Link, cn
 			}
@@ -385,6 +393,14 @@ func TestClusterExternalNATSRestart(t *testing.T) {
 			c.Cluster.NodeID = fmt.Sprintf("ext%d", i)
 		}, func(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 			srv, cn, err := buildNode(cfg, log)
+			// The route port was free when picked, but another test
+			// process may have taken it since: pick another. The other
+			// nodes learn the new one when this node connects to them
+			// (NATS gossips route URLs).
+			for try := 0; err != nil && strings.Contains(err.Error(), "address already in use") && try < 3; try++ {
+				cfg.Cluster.Embedded.ClusterListen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+				srv, cn, err = buildNode(cfg, log)
+			}
 			if cn != nil {
 				nd.link, nd.cn = cn.Link, cn
 			}

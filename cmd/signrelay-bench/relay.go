@@ -96,6 +96,8 @@ func writeHeap(path string) error {
 	runtime.ReadMemStats(&m)
 	fmt.Fprintf(os.Stderr, "memstats: goroutines %d, HeapInuse %d KiB, HeapAlloc %d KiB, StackInuse %d KiB, Sys %d KiB, HeapObjects %d\n",
 		runtime.NumGoroutine(), m.HeapInuse>>10, m.HeapAlloc>>10, m.StackInuse>>10, m.Sys>>10, m.HeapObjects)
+	fmt.Fprintf(os.Stderr, "memstats: HeapIdle %d KiB (HeapReleased %d KiB), MSpanInuse %d KiB, GCSys %d KiB, OtherSys %d KiB, BuckHashSys %d KiB\n",
+		m.HeapIdle>>10, m.HeapReleased>>10, m.MSpanInuse>>10, m.GCSys>>10, m.OtherSys>>10, m.BuckHashSys>>10)
 	if path == "" {
 		return nil
 	}
