@@ -148,7 +148,7 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 	return httpapi.NewWithParts(cfg, log, httpapi.Parts{
 		Registry:  reg,
 		Service:   svc,
-		Ready:     node.Link.Ready,
+		Ready:     node.Ready,
 		Clustered: true,
 		Close:     node.Close,
 		Metrics:   m,

@@ -67,6 +67,13 @@ func (n *Node) Start(svc *signing.Service) error {
 	return nil
 }
 
+// Ready reports whether the node can serve the whole API: NATS reachable,
+// and the request store open. A new cluster elects its JetStream leaders
+// some seconds after its routes are up (about 15 s for two embedded nodes
+// here); until then asynchronous and idempotent requests would be refused
+// with 503, so a load balancer must not send traffic yet.
+func (n *Node) Ready() bool { return n.Link.Ready() && n.Store.Ready() }
+
 // Close leaves the cluster.
 func (n *Node) Close() {
 	n.Store.Close()

@@ -354,7 +354,7 @@ func (s *Server) handleReady(c *fiber.Ctx) error {
 	case s.draining.Load():
 		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "the relay is shutting down", "")
 	case !s.ready():
-		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "this node cannot reach the rest of the relay (NATS)", "")
+		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "this node cannot reach the rest of the relay (NATS), or its request store is not open yet", "")
 	}
 	return c.JSON(fiber.Map{"status": "ok"})
 }
