@@ -149,6 +149,7 @@ func newServer(cfg config.Config, log *slog.Logger) (*httpapi.Server, error) {
 		Registry:  reg,
 		Service:   svc,
 		Ready:     node.Ready,
+		NATSUp:    node.Link.Ready,
 		Clustered: true,
 		Close:     node.Close,
 		Metrics:   m,

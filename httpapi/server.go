@@ -97,9 +97,13 @@ type Server struct {
 type Parts struct {
 	Registry *registry.Registry
 	Service  *signing.Service
-	// Ready reports whether the node can reach the rest of the relay, for
-	// GET /readyz; nil means always (one node).
+	// Ready reports whether the node can serve the whole API, for
+	// GET /readyz: on a cluster, NATS reachable and the request store open;
+	// nil means always (one node).
 	Ready func() bool
+	// NATSUp reports whether the node reaches the rest of the relay through
+	// NATS, for the signrelay_nats_up gauge; nil means Ready.
+	NATSUp func() bool
 	// Close runs after the server has stopped (the bus and its link).
 	Close func()
 	// Clustered says that other nodes may hold keys this one does not.
@@ -261,7 +265,10 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	})
 	var natsUp func() bool
 	if parts.Clustered {
-		natsUp = parts.Ready
+		natsUp = parts.NATSUp
+		if natsUp == nil {
+			natsUp = parts.Ready
+		}
 	}
 	s.metrics.Gauges(s.reg.Len, s.svc.Pending, natsUp)
 	if cfg.Metrics.Listen == "" {

@@ -111,7 +111,7 @@ func buildNode(cfg config.Config, log *slog.Logger) (*httpapi.Server, *cluster.N
 		return nil, nil, err
 	}
 	srv, err := httpapi.NewWithParts(cfg, log, httpapi.Parts{
-		Registry: reg, Service: svc, Ready: cn.Ready, Clustered: true, Close: cn.Close, Metrics: m, Journal: j,
+		Registry: reg, Service: svc, Ready: cn.Ready, NATSUp: cn.Link.Ready, Clustered: true, Close: cn.Close, Metrics: m, Journal: j,
 	})
 	return srv, cn, err
 }
