@@ -96,7 +96,8 @@ func CloseReasons() []CloseReason {
 	return out
 }
 
-// holderConn is one key-holder WebSocket. One goroutine (the handler's) reads.
+// holderConn is one key-holder WebSocket. One goroutine reads: the hijack
+// handler's until the introduction, then one of its own (see hijack.go).
 // Writes after the handshake go through a bounded queue; a writer goroutine
 // runs only while the queue has frames, so an idle connection costs one
 // goroutine, and a slow reader on the other end never blocks ours.

@@ -289,10 +289,11 @@ func NewWithParts(cfg config.Config, log *slog.Logger, parts Parts) (*Server, er
 	})
 	s.app.Get("/ws", s.checkUpgrade, websocket.New(s.handleWS, websocket.Config{
 		RecoverHandler: s.recoverHandler,
-		// A sign_response with a 32-byte message is about 250 bytes:
-		// 512 reads it in one system call, and idle connections hold 512
-		// bytes each instead of 1024. Larger frames are read straight into
-		// the message buffer, past this one.
+		// A sign_response for a 32-byte message is 244 bytes with its
+		// frame header: 256 reads it in one system call, and idle
+		// connections hold 256 bytes each instead of 1024. A larger
+		// frame takes a second read; its payload goes straight into the
+		// message buffer, past this one.
 		ReadBufferSize:  256,
 		WriteBufferSize: 1024,
 		// Idle connections hold no write buffer.

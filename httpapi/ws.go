@@ -161,15 +161,20 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	slot, _ := ws.Locals("intro_slot").(*introSlot)
 	conn := ws.Conn // ws itself is recycled by contrib when this returns
 	c := newHolderConn(s, conn, ip)
+	// Decided before open, so that nothing runs between open and serve:
+	// from open's success on, serve owns the connection's end.
+	detach := readsFromSocket(conn.NetConn())
+	if !detach {
+		s.handlerBound.Add(1)
+		c.logger().Debug("bytes arrived before the upgrade completed; the connection keeps its handler")
+	}
 	if !c.open(slot) {
 		return
 	}
-	if readsFromSocket(conn.NetConn()) {
+	if detach {
 		go c.serve()
 		return
 	}
-	s.handlerBound.Add(1)
-	c.logger().Debug("bytes arrived before the upgrade completed; the connection keeps its handler")
 	c.serve()
 }
 
@@ -251,6 +256,9 @@ func (c *holderConn) introductionFailed(why CloseReason, msg string) {
 // detaches it and closes it. Its frame is the only one of ours under the
 // read loop while the connection is idle: it is kept small.
 func (c *holderConn) serve() {
+	// On its own goroutine nothing recovers above this function: a bug in
+	// end costs this connection, never the relay.
+	defer c.srv.recoverWS(c.ws)
 	defer c.end()
 	defer c.srv.recoverWS(c.ws)
 	// Also on a panic: a holder left registered would take a place of its
