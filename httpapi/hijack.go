@@ -21,7 +21,8 @@ import (
 // reading through it would read another connection's bytes. So such a
 // connection keeps its handler for its whole life, as before.
 
-var (
+// What fasthttp v1.52's hijacked connection is called.
+const (
 	hijackConnType = "*fasthttp.hijackConn"
 	hijackPkg      = "github.com/valyala/fasthttp"
 )

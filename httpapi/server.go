@@ -75,14 +75,11 @@ type Server struct {
 	// metricsSrv serves /metrics on metrics.listen; nil when on listen.
 	metricsSrv *http.Server
 
-	draining atomic.Bool
-	// handlerBound counts key-holder connections that could not leave
-	// their hijack handler (hijack.go), for tests.
-	handlerBound atomic.Int64
-	ready        func() bool
-	closeParts   func()
-	clustered    bool
-	closeOnce    sync.Once
+	draining   atomic.Bool
+	ready      func() bool
+	closeParts func()
+	clustered  bool
+	closeOnce  sync.Once
 
 	mu sync.Mutex
 	// guards the following fields

@@ -165,7 +165,6 @@ func (s *Server) handleWS(ws *fws.Conn) {
 	// from open's success on, serve owns the connection's end.
 	detach := readsFromSocket(conn.NetConn())
 	if !detach {
-		s.handlerBound.Add(1)
 		c.logger().Debug("bytes arrived before the upgrade completed; the connection keeps its handler")
 	}
 	if !c.open(slot) {

@@ -659,13 +659,9 @@ func (s *Service) Get(ctx context.Context, owner, id string, wait time.Duration)
 // otherwise is ErrNotPending (with its record), an unknown one
 // ErrNotFound.
 func (s *Service) Cancel(owner, id string) (*Record, error) {
-	uid, err := uuid.Parse(id)
-	if err != nil {
-		return nil, ErrNotFound
-	}
-	r := s.res.get(owner, uid)
+	r, valid := s.resourceHere(owner, id)
 	if r == nil {
-		if s.opts.Shared == nil {
+		if !valid || s.opts.Shared == nil {
 			return nil, ErrNotFound
 		}
 		return s.opts.Shared.Cancel(context.Background(), owner, id)
@@ -677,15 +673,21 @@ func (s *Service) Cancel(owner, id string) (*Record, error) {
 // asking the cluster's store: what another node's forwarded DELETE, or the
 // store itself, calls.
 func (s *Service) CancelHere(owner, id string) (*Record, error) {
-	uid, err := uuid.Parse(id)
-	if err != nil {
-		return nil, ErrNotFound
-	}
-	r := s.res.get(owner, uid)
+	r, _ := s.resourceHere(owner, id)
 	if r == nil {
 		return nil, ErrNotFound
 	}
 	return s.cancelResource(r)
+}
+
+// resourceHere is owner's resource id on this node, if any; valid is
+// false when id is not a request id at all.
+func (s *Service) resourceHere(owner, id string) (r *resource, valid bool) {
+	uid, err := uuid.Parse(id)
+	if err != nil {
+		return nil, false
+	}
+	return s.res.get(owner, uid), true
 }
 
 func (s *Service) cancelResource(r *resource) (*Record, error) {

@@ -387,18 +387,7 @@ func backend(o loadOptions, c signCaller, holders []*holder, r *workerResult, sc
 			}
 		}
 		h := holders[rng.IntN(len(holders))]
-		for i := 0; i < len(msg); i += 8 {
-			v := rng.Uint64()
-			for j := 0; j < 8 && i+j < len(msg); j++ {
-				msg[i+j] = byte(v >> (8 * j))
-			}
-		}
-		body = append(body[:0], `{"public_key":"`...)
-		body = append(body, h.pub64...)
-		body = append(body, `","message":"`...)
-		body = base64.StdEncoding.AppendEncode(body, msg)
-		body = append(body, '"')
-		body = append(body, timeoutField...)
+		body = loadBody(rng, body, msg, h, timeoutField)
 
 		status, resp, err := c.sign(body)
 		done := time.Now()
