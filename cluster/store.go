@@ -52,6 +52,7 @@ var ErrNoJetStream = errors.New("cluster: the NATS server has no JetStream enabl
 //	r.<request id>           the record (JSON)
 //	i.<owner>.<key hash>     an idempotency key: the request id it names
 //	p.<node>.<request id>    an index of the pending resources per node
+//	w.<node>                 written once when node opens the bucket
 //
 // Blocking requests without an idempotency key never reach it.
 type Store struct {
@@ -239,6 +240,14 @@ func (s *Store) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		// A compare-and-set before any other write: nats-server 2.15.3
+		// sets up its in-flight compare-and-set table on a stream
+		// leader's first one without a lock that a concurrent apply of
+		// a plain write reads (the race detector sees it). This write is
+		// that first one while nothing else writes yet.
+		if _, err := kv.Create(ctx, "w."+s.node, nil); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return err
+		}
 		s.kv.Store(&kv)
 		s.log.Debug("request bucket open", "bucket", s.bucket.Bucket, "replicas", s.bucket.Replicas)
 		return nil
@@ -323,7 +332,7 @@ func (s *Store) store() (jetstream.KeyValue, error) {
 	if kv == nil {
 		return nil, signing.ErrClusterUnreachable
 	}
-	return *kv, nil
+	return bucket{*kv}, nil
 }
 
 func recordKey(id string) string { return "r." + id }
@@ -380,7 +389,7 @@ func (s *Store) Claim(ctx context.Context, rec *signing.Record) (*signing.Record
 func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signing.Record) (*signing.Record, error) {
 	key := idemKeyOf(rec.Owner, rec.IdemKey)
 	val, _ := json.Marshal(idemEntry{ID: rec.ID})
-	for attempt := 0; attempt < 3; attempt++ {
+	for {
 		_, err := kv.Create(ctx, key, val)
 		if err == nil {
 			return nil, nil
@@ -390,6 +399,13 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 		}
 		e, err := kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Another claim's write is still being replicated: a
+			// replicated stream refuses a compare-and-set on a subject
+			// with a write in flight, which has not landed yet. It
+			// lands in a moment (or fails, and the key is free).
+			if !pause(ctx) {
+				break
+			}
 			continue
 		}
 		if err != nil {
@@ -397,6 +413,10 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 		}
 		var ie idemEntry
 		_ = json.Unmarshal(e.Value(), &ie)
+		if ie.ID == rec.ID {
+			// A try of ours that went unanswered had written it.
+			return nil, nil
+		}
 		held, _, err := s.get(ctx, kv, rec.Owner, ie.ID)
 		if err == nil && held != nil && held.IdemKey == rec.IdemKey {
 			return held, nil
@@ -407,6 +427,9 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 		// Its record is gone: the key is free again.
 		if _, err := kv.Update(ctx, key, val, e.Revision()); err == nil {
 			return nil, nil
+		}
+		if !pause(ctx) {
+			break
 		}
 	}
 	return nil, fmt.Errorf("%w (the idempotency key kept changing)", signing.ErrClusterUnreachable)
@@ -447,7 +470,7 @@ func (s *Store) Save(rec *signing.Record) {
 	// Only the owner writes the end: a node that was taken for dead (cut
 	// off from NATS for a while) and whose request another node adopted
 	// does not overwrite the adopter's outcome.
-	for attempt := 0; attempt < 3; attempt++ {
+	for {
 		e, err := kv.Get(ctx, recordKey(rec.ID))
 		if err != nil {
 			if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -464,6 +487,9 @@ func (s *Store) Save(rec *signing.Record) {
 		}
 		if _, err := kv.Update(ctx, recordKey(rec.ID), b, e.Revision()); err == nil {
 			return
+		}
+		if !pause(ctx) {
+			break
 		}
 	}
 	s.log.Warn("request end not recorded: the record kept changing", "request_id", rec.ID)

@@ -18,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,12 +64,46 @@ func testConfig(mutate func(*config.Config)) config.Config {
 	return cfg
 }
 
-func testLogger() *slog.Logger {
-	var logOut io.Writer = io.Discard
+// testLogger is a relay's logger. With SIGNRELAY_TEST_LOG set it writes
+// everything to stderr; otherwise it keeps the last warnings and errors
+// (the relay's and its embedded NATS server's) and prints them if t fails,
+// so that a failure seen only in CI comes with the relay's side of it.
+func testLogger(t *testing.T) *slog.Logger {
 	if os.Getenv("SIGNRELAY_TEST_LOG") != "" {
-		logOut = os.Stderr
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tail := &logTail{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the relay's last warnings:\n%s", tail)
+		}
+	})
+	return slog.New(slog.NewTextHandler(tail, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// logTail keeps the last lines written to it (slog writes one record per
+// Write).
+type logTail struct {
+	mu    sync.Mutex // guards the following fields
+	lines []string
+}
+
+const logTailLines = 200
+
+func (l *logTail) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lines) == logTailLines {
+		l.lines = append(l.lines[:0], l.lines[1:]...)
+	}
+	l.lines = append(l.lines, string(p))
+	return len(p), nil
+}
+
+func (l *logTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "")
 }
 
 // startRelayWith runs a relay built by build (httpapi.New for one node).
@@ -78,7 +113,7 @@ func startRelayWith(t *testing.T, mutate func(*config.Config), build func(config
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := build(cfg, testLogger())
+	srv, err := build(cfg, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
