@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/utils"
@@ -111,5 +112,9 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	} else {
 		s.log.Error("unhandled error", "path", c.Path(), "err", err)
 	}
-	return writeError(c, status, code, msg, "")
+	err = writeError(c, status, code, msg, "")
+	if isSignCall(c) {
+		s.logRefused(c, &signCall{}, code, time.Now())
+	}
+	return err
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
@@ -125,12 +126,19 @@ func (s *Server) guard(c *fiber.Ctx) error {
 		why := strings.TrimPrefix(v, verdictToken)
 		c.Context().SetConnectionClose()
 		markLinger(c.Context().Conn())
+		var err error
 		switch {
 		case why == refuseFraming:
-			return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, "a request may not carry both Content-Length and Transfer-Encoding", "")
+			err = writeError(c, fiber.StatusBadRequest, codeInvalidRequest, "a request may not carry both Content-Length and Transfer-Encoding", "")
 		case strings.HasPrefix(why, refuseTooLarge):
-			return writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
+			err = writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
 				fmt.Sprintf("request body is %s bytes; the limit for a %d-byte message is %d", strings.TrimPrefix(why, refuseTooLarge), s.cfg.Sign.MaxMessageBytes, s.bodyLimit), "")
+		}
+		if code, _ := c.Locals(localCode).(string); code != "" {
+			if isSignCall(c) {
+				s.logRefused(c, &signCall{}, code, time.Now())
+			}
+			return err
 		}
 		// refuseUnauthorized: handleSign answers 401 (or 429) itself.
 	}

@@ -34,22 +34,28 @@ func OpenJournal(cfg config.Config, log *slog.Logger) (*Journal, error) {
 	return j, nil
 }
 
-// Ended implements signing.Journal.
+// Ended implements signing.Journal. The audit line comes first, so that
+// the log line says what the caller gets: 503 for a signature withheld
+// because its audit line could not be written.
 func (j *Journal) Ended(rec *signing.Record, err error) error {
 	status, code := 200, "ok"
 	if err != nil {
 		status, code = mapSignError(err)
 	}
+	var aerr error
+	if j.audit != nil {
+		aerr = j.audit.Append(audit.Entry{
+			Time: rec.Completed.UTC().Format(time.RFC3339Nano), RequestID: rec.ID, Requester: rec.Requester,
+			PublicKey: rec.Key.String(), MessageSHA256: audit.MessageDigest(rec.Message), Description: rec.Description,
+			Code: code, Status: status,
+		})
+	}
+	if aerr != nil && err == nil {
+		status, code = mapSignError(signing.ErrJournal)
+	}
 	j.log.Info("sign ended", "request_id", rec.ID, "requester", rec.Requester, "key", rec.Key.ShortString(),
 		"status", status, "code", code, "ms", rec.Completed.Sub(rec.Created).Milliseconds())
-	if j.audit == nil {
-		return nil
-	}
-	return j.audit.Append(audit.Entry{
-		Time: rec.Completed.UTC().Format(time.RFC3339Nano), RequestID: rec.ID, Requester: rec.Requester,
-		PublicKey: rec.Key.String(), MessageSHA256: audit.MessageDigest(rec.Message), Description: rec.Description,
-		Code: code, Status: status,
-	})
+	return aerr
 }
 
 // Close closes the audit log; harmless twice and on nil.

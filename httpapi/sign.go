@@ -68,9 +68,14 @@ func (s *Server) rejectAuth(c *fiber.Ctx) error {
 	return writeError(c, fiber.StatusUnauthorized, codeUnauthorized, "missing or unknown API key", "")
 }
 
-// handleSign answers POST /sign and counts the answer by its code.
+// handleSign answers POST /sign, counts the answer by its code, and logs
+// at info a call that no request came of (refused before one was made, or
+// a key no node holds): a request that was made gets its line from the
+// Journal when it ends, once, however many calls wait for it.
 func (s *Server) handleSign(c *fiber.Ctx) error {
-	err := s.sign(c)
+	start := time.Now()
+	var call signCall
+	err := s.sign(c, &call)
 	// Every answer but 200 and 202 leaves its code, and so does the
 	// requester_gone that gets no answer at all (its status reads 200).
 	code, _ := c.Locals(localCode).(string)
@@ -78,13 +83,41 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 		code = "ok"
 	}
 	s.metrics.Answered(code)
+	if code != "ok" && (!call.made || code == codeNotConnected) {
+		s.logRefused(c, &call, code, start)
+	}
 	return err
+}
+
+// logRefused writes the info line of a POST /sign that no request came of.
+func (s *Server) logRefused(c *fiber.Ctx, call *signCall, code string, start time.Time) {
+	key := ""
+	if call.hasKey {
+		key = call.key.ShortString()
+	}
+	s.log.Info("sign refused", "request_id", call.requestID, "requester", call.requester, "key", key,
+		"status", c.Response().StatusCode(), "code", code, "ms", time.Since(start).Milliseconds())
+}
+
+// isSignCall reports whether c is a POST /sign, for the answers given
+// before handleSign runs.
+func isSignCall(c *fiber.Ctx) bool {
+	return c.Method() == fiber.MethodPost && c.Path() == "/sign"
+}
+
+// signCall is what sign learns of a call, for handleSign's log line.
+type signCall struct {
+	requestID string
+	requester string
+	key       protocol.PublicKey
+	hasKey    bool // the body was read
+	made      bool // a request was made or joined
 }
 
 // localCode is where an error answer leaves its error.code for the count.
 const localCode = "signrelay.code"
 
-func (s *Server) sign(c *fiber.Ctx) error {
+func (s *Server) sign(c *fiber.Ctx, call *signCall) error {
 	if s.draining.Load() {
 		return writeError(c, fiber.StatusServiceUnavailable, codeUnavailable, "the relay is shutting down", "")
 	}
@@ -93,6 +126,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 		return s.rejectAuth(c)
 	}
 	owner := s.apiOwners[keyIndex]
+	call.requester = s.apiNames[keyIndex]
 	if ok, retry := s.perAPIKey.allow(owner); !ok {
 		return s.rateLimited(c, "api_key", retry, "API key", "")
 	}
@@ -105,6 +139,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, err.Error(), "")
 	}
 	key, _ := protocol.PublicKeyFromBytes(body.PublicKey)
+	call.key, call.hasKey = key, true
 	// A connected key passed the same check at its introduction; the check
 	// costs about one signature verification, so only others pay it.
 	connected := s.reg.Count(key) > 0
@@ -133,6 +168,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 		return writeError(c, fiber.StatusBadRequest, codeInvalidRequest, err.Error(), "")
 	}
 	requestID := uuid.NewString()
+	call.requestID = requestID
 	// The bucket is one API key's for one public key, and only a request
 	// that reaches a holder takes from it: a 404 costs nothing, and one
 	// backend cannot use up another's bucket for a shared key. On a
@@ -141,7 +177,6 @@ func (s *Server) sign(c *fiber.Ctx) error {
 	// does a request that waits for a holder.
 	if s.perPublicKey != nil && (connected || s.clustered || body.WaitForHolder) {
 		if ok, retry := s.perPublicKey.allow(owner + "/" + string(body.PublicKey)); !ok {
-			s.log.Info("sign rate limited", "request_id", requestID, "key", key.ShortString())
 			return s.rateLimited(c, "public_key", retry, "public key", requestID)
 		}
 	}
@@ -162,7 +197,6 @@ func (s *Server) sign(c *fiber.Ctx) error {
 	h, err := s.svc.Start(ctx, req)
 	if err != nil {
 		status, code := mapSignError(err)
-		s.log.Info("sign refused", "request_id", requestID, "requester", req.Requester, "key", key.ShortString(), "status", status, "code", code)
 		b := errorBody{Error: errorDetail{Code: code, Message: err.Error()}, RequestID: requestID}
 		var ie *signing.IdempotencyError
 		if errors.As(err, &ie) {
@@ -172,6 +206,7 @@ func (s *Server) sign(c *fiber.Ctx) error {
 		return c.Status(status).JSON(b)
 	}
 	requestID = h.ID()
+	call.requestID, call.made = requestID, true
 	c.Set("X-Request-Id", requestID)
 	if h.Replayed {
 		c.Set("Idempotent-Replayed", "true")

@@ -2,7 +2,9 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,5 +108,68 @@ func TestAuditFailsClosed(t *testing.T) {
 	got := r.mustCall(t, "GET", "/sign/"+async.str("request_id")+"?wait_ms=10000", testAPIKey, nil, nil)
 	if got.str("status") != "unavailable" || got.str("signature") != "" {
 		t.Fatalf("resource %s, want unavailable without a signature", got.Raw)
+	}
+}
+
+// The ten-line check docs/audit.md gives, run as the document shows it:
+// an intact chain passes, a changed byte fails, an empty log is intact.
+func TestAuditDocCheck(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("python3 is needed for docs/audit.md's check (.ci/run installs it)")
+		}
+		t.Skip("no python3")
+	}
+	doc, err := os.ReadFile("../docs/audit.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, code, ok := strings.Cut(string(doc), "```python\n")
+	code, _, ok2 := strings.Cut(code, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/audit.md has no python block")
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "check.py")
+	if err := os.WriteFile(script, []byte(code), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check := func(path string) (string, bool) {
+		out, err := exec.Command(python, script, path).CombinedOutput()
+		return strings.TrimSpace(string(out)), err == nil
+	}
+
+	path := filepath.Join(dir, "audit.log")
+	l, err := audit.Open(path, audit.Sync("never"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := l.Append(audit.Entry{RequestID: fmt.Sprint(i), Code: "ok", Status: 200, MessageSHA256: audit.MessageDigest([]byte{byte(i)})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := check(path); !ok || out != "3 lines, chain intact" {
+		t.Fatalf("intact chain: %q ok=%v", out, ok)
+	}
+	raw, _ := os.ReadFile(path)
+	i := strings.Index(string(raw), `"request_id":"1"`) + len(`"request_id":"`)
+	raw[i] = '7'
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := check(path); ok || out != "chain broken at line 3" {
+		t.Fatalf("changed byte in line 2: %q ok=%v", out, ok)
+	}
+	empty := filepath.Join(dir, "empty.log")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := check(empty); !ok || out != "0 lines, chain intact" {
+		t.Fatalf("empty log: %q ok=%v", out, ok)
 	}
 }
