@@ -159,6 +159,18 @@ func TestShutdownHealthzTurns503(t *testing.T) {
 			t.Fatalf("healthz while draining: %d %v, want 503", status, err)
 		}
 	}
+	// §D: draining is not being dead. A liveness probe that failed now
+	// would have the process killed before its pending requests end.
+	for path, want := range map[string]int{"/readyz": http.StatusServiceUnavailable, "/livez": http.StatusOK} {
+		res, err := r.client.Get(r.base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Fatalf("%s while draining: %d, want %d", path, res.StatusCode, want)
+		}
+	}
 
 	h.approve(req)
 	verifyResult(t, awaitResp(t, res), h.pub, msg)
