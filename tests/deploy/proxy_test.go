@@ -248,12 +248,36 @@ func TestRateLimitsBehindNginx(t *testing.T) {
 			if got := sign(ng.base, "127.0.0.3", key.Public().(ed25519.PublicKey), []byte("nobody holds this")); got.status != http.StatusNotFound || got.code != "not_connected" {
 				t.Fatalf("POST /sign through nginx: %d %s %v", got.status, got.body, got.err)
 			}
+
+			// POST /sign's limit is by client address too: wrong API keys
+			// from 127.0.0.6 use up its burst of 2, spoofing does not
+			// reset it, and 127.0.0.7 naming 127.0.0.6 is counted as itself.
+			badKey := func(src, xff string) int {
+				t.Helper()
+				req, _ := http.NewRequest(http.MethodPost, ng.base+"/sign", strings.NewReader(`{}`))
+				req.Header.Set("Authorization", "Bearer not-the-key-0123456789")
+				if xff != "" {
+					req.Header.Set("X-Forwarded-For", xff)
+				}
+				res, err := httpFrom(src).Do(req)
+				if err != nil {
+					t.Fatalf("POST /sign from %s: %v", src, err)
+				}
+				res.Body.Close()
+				return res.StatusCode
+			}
+			expect("127.0.0.6, wrong key 1", badKey("127.0.0.6", ""), http.StatusUnauthorized)
+			expect("127.0.0.6, wrong key 2", badKey("127.0.0.6", ""), http.StatusUnauthorized)
+			expect("127.0.0.6 past its burst", badKey("127.0.0.6", ""), http.StatusTooManyRequests)
+			expect("127.0.0.6 claiming to be 198.51.100.7", badKey("127.0.0.6", "198.51.100.7"), http.StatusTooManyRequests)
+			expect("127.0.0.7 claiming to be 127.0.0.6", badKey("127.0.0.7", "127.0.0.6"), http.StatusUnauthorized)
 		})
 	}
 }
 
-// tighten rewrites the rendered configuration at path: no cluster, and
-// a burst of 3 new WebSocket connections per client IP.
+// tighten rewrites the rendered configuration at path: no cluster, a
+// burst of 3 new WebSocket connections and 2 failed authentications per
+// client IP.
 func tighten(t *testing.T, path string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -265,7 +289,11 @@ func tighten(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	delete(m, "cluster")
-	m["rate_limits"] = map[string]any{"enabled": true, "connections_per_ip": map[string]any{"rate": 0.001, "burst": 3}}
+	m["rate_limits"] = map[string]any{
+		"enabled":              true,
+		"connections_per_ip":   map[string]any{"rate": 0.001, "burst": 3},
+		"auth_failures_per_ip": map[string]any{"rate": 0.001, "burst": 2},
+	}
 	out, err := yaml.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
