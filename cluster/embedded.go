@@ -40,6 +40,14 @@ func embeddedOptions(cfg config.Config, nodeID string) (*server.Options, error) 
 		// A client (a relay) further behind than this is cut off as a slow
 		// consumer; keep room for a few of the largest messages.
 		MaxPending: max(int64(64<<20), 4*int64(payload)),
+		// A peer that stops answering (a host that loses power or its
+		// network, a frozen process) is given up after 4 to 6 s, as the
+		// relay's own client gives up on its server: its interest goes
+		// with it, so the other nodes see "no responders" and take its
+		// requests over. nats-server's default (2 min, twice) would
+		// leave them hanging for minutes.
+		PingInterval: pingInterval,
+		MaxPingsOut:  maxPingsOut,
 		Username:   e.User,
 		Password:   e.Password,
 		// JetStream keeps request resources (async requests, idempotency
