@@ -4,8 +4,9 @@
 // all on free loopback ports. The failures it provokes are those a process
 // can suffer and an in-process test cannot show: SIGKILL of the node that
 // owns a request, SIGKILL of the node a key holder is connected to, and a
-// NATS server frozen with SIGSTOP and thawed with SIGCONT. script_test.go
-// runs scripts/cluster.sh (make cluster), the three-node setup with
+// NATS server frozen with SIGSTOP and thawed with SIGCONT. jetstream_test.go
+// checks what the relays expect of the server's JetStream and what they
+// leave in it. script_test.go runs scripts/cluster.sh (make cluster), the three-node setup with
 // embedded NATS that a person starts to try the relay.
 //
 // TestMain builds the relay once (with -race when the tests run with
@@ -50,6 +51,8 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const (
@@ -318,6 +321,12 @@ type natsServer struct {
 // it greets a client. It is stopped when the test ends.
 func startNATS(t *testing.T) *natsServer {
 	t.Helper()
+	return startNATSServer(t, true)
+}
+
+// startNATSServer is startNATS, with JetStream only if jetStream is set.
+func startNATSServer(t *testing.T, jetStream bool) *natsServer {
+	t.Helper()
 	requireNATS(t)
 	var last string
 	for attempt := 0; attempt < 3; attempt++ {
@@ -333,12 +342,15 @@ authorization {
   user: "%s"
   password: "%s"
 }
-# request resources (async requests, idempotency keys) live in JetStream
+`, addr, port, natsUser, natsPassword)
+		if jetStream {
+			conf += fmt.Sprintf(`# request resources (async requests, idempotency keys) live in JetStream
 jetstream {
   store_dir: "%s"
   max_memory_store: 1073741824
 }
-`, addr, port, natsUser, natsPassword, filepath.Join(t.TempDir(), "js"))
+`, filepath.Join(t.TempDir(), "js"))
+		}
 		path := filepath.Join(t.TempDir(), "nats.conf")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
@@ -362,11 +374,28 @@ jetstream {
 				t.Logf("nats-server output (tail):\n%s", n.out.tail(3000))
 			}
 		})
-		t.Logf("nats-server %s at %s", natsVer, addr)
+		t.Logf("nats-server %s at %s (JetStream: %v)", natsVer, addr, jetStream)
 		return n
 	}
 	t.Fatalf("nats-server did not start: %s", last)
 	return nil
+}
+
+// jetStream connects the test itself to n, as the relays do, and returns
+// its JetStream API, to look at the streams the relays keep. The
+// connection is closed when the test ends.
+func (n *natsServer) jetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(n.url, nats.UserInfo(natsUser, natsPassword), nats.Timeout(step), nats.Name("clusterproc test"))
+	if err != nil {
+		t.Fatalf("test client to nats-server at %s: %v", n.addr, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
 
 // awaitGreeting polls until the server sends its INFO line to a new client.
@@ -447,15 +476,7 @@ func startRelay(t *testing.T, name string, config func(listen string) map[string
 	var last string
 	for attempt := 0; attempt < 3; attempt++ {
 		addr := loopback(freePort(t))
-		// JSON is YAML: the relay's YAML reader takes this file as it is.
-		data, err := json.MarshalIndent(config(addr), "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(t.TempDir(), name+".yaml")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		path, data := writeRelayConfig(t, name, config(addr))
 		r, err := launchRelay(t, name, addr, exec.Command(relayBin, "-config", path))
 		if err == nil {
 			return r
@@ -467,6 +488,22 @@ func startRelay(t *testing.T, name string, config func(listen string) map[string
 	}
 	t.Fatalf("%s did not start: %s", name, last)
 	return nil
+}
+
+// writeRelayConfig writes cfg to a file of the test's and returns its
+// path and contents.
+func writeRelayConfig(t *testing.T, name string, cfg map[string]any) (string, []byte) {
+	t.Helper()
+	// JSON is YAML: the relay's YAML reader takes this file as it is.
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), name+".yaml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, data
 }
 
 func relayEnv() []string {
