@@ -50,9 +50,21 @@ func TestClusterResources(t *testing.T) {
 		{"NothingRecordedOnEarlyFailure", testIdempotencyNothingRecordedOnEarlyFailure},
 		{"IdempotentCallerGone", testIdempotentCallerGone},
 		{"WaitForHolder", testWaitForHolder},
+		{"LongPollWakesOnEnd", testLongPollWakesOnEnd},
+		{"InvalidSignatureResource", testInvalidSignatureResource},
+		{"TimeoutReplayed", testTimeoutReplayed},
+		{"AsyncReplayAfterEnd", testAsyncReplayAfterEnd},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, d) })
 	}
+}
+
+// sign.result_ttl and sign.max_async_timeout on a cluster: a cluster of
+// its own, since TestClusterResources' keeps results for the default hour.
+func TestClusterResultTTL(t *testing.T) {
+	d := threeNodes(t, ttlConfig)
+	t.Run("ResultTTL", func(t *testing.T) { testResultTTL(t, d) })
+	t.Run("MaxAsyncTimeout", func(t *testing.T) { testMaxAsyncTimeout(t, d) })
 }
 
 // §D on a cluster: the NATS link and the bus traffic are counted.
