@@ -48,8 +48,8 @@ func embeddedOptions(cfg config.Config, nodeID string) (*server.Options, error) 
 		// leave them hanging for minutes.
 		PingInterval: pingInterval,
 		MaxPingsOut:  maxPingsOut,
-		Username:   e.User,
-		Password:   e.Password,
+		Username:     e.User,
+		Password:     e.Password,
 		// JetStream keeps request resources (async requests, idempotency
 		// keys) for the whole cluster, in memory; its store directory
 		// holds only the cluster's own metadata.
