@@ -348,6 +348,10 @@ func testCancel(t *testing.T, d deploy) {
 	req := h.expect(protocol.TypeSignRequest)
 	h2.expect(protocol.TypeSignRequest)
 	id := req.str("request_id")
+	// A blocking retry that joins the request (on a cluster, on the node
+	// that reads and cancels, so it follows the request from the store).
+	// Whether it joins before or after the DELETE, it must get the 409.
+	joined := d.other.callAsync(t, "POST", "/sign", testAPIKey, signBody(h.pub, msg, nil), idem)
 
 	res := d.other.mustCall(t, "DELETE", "/sign/"+id, testAPIKey, nil, nil)
 	if res.Status != 200 {
@@ -357,6 +361,7 @@ func testCancel(t *testing.T, d deploy) {
 	h.expectCancel(id, protocol.CancelCancelled)
 	h2.expectCancel(id, protocol.CancelCancelled)
 	expectStatus(t, recv(t, blocking), 409, "cancelled")
+	expectStatus(t, recv(t, joined), 409, "cancelled")
 	// An idempotent retry of the blocking call gets the same 409.
 	expectStatus(t, d.api.mustCall(t, "POST", "/sign", testAPIKey, signBody(h.pub, msg, nil), idem), 409, "cancelled")
 
