@@ -294,12 +294,10 @@ func (r *relay) dial(t *testing.T, header http.Header) (*websocket.Conn, *http.R
 	return conn, res, err
 }
 
-// connect dials and introduces a key holder with priv (a fresh key if nil).
-func (r *relay) connect(t *testing.T, priv ed25519.PrivateKey) *holder {
+// dialHolder opens a WebSocket for priv's key and reads the challenge,
+// without introducing it; it returns the challenge's nonce.
+func (r *relay) dialHolder(t *testing.T, priv ed25519.PrivateKey) (*holder, []byte) {
 	t.Helper()
-	if priv == nil {
-		_, priv = newKey(t)
-	}
 	conn, _, err := r.dial(t, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -310,6 +308,16 @@ func (r *relay) connect(t *testing.T, priv ed25519.PrivateKey) *holder {
 	if err != nil || len(nonce) != 32 {
 		t.Fatalf("challenge nonce %q", ch.str("nonce"))
 	}
+	return h, nonce
+}
+
+// connect dials and introduces a key holder with priv (a fresh key if nil).
+func (r *relay) connect(t *testing.T, priv ed25519.PrivateKey) *holder {
+	t.Helper()
+	if priv == nil {
+		_, priv = newKey(t)
+	}
+	h, nonce := r.dialHolder(t, priv)
 	h.send(frame{"type": "introduction", "public_key": b64(h.pub),
 		"signature": b64(ed25519.Sign(priv, protocol.IntroductionMessage(nonce)))})
 	intro := h.expect(protocol.TypeIntroduced)

@@ -105,23 +105,6 @@ func keys(m map[string]float64) []string {
 	return out
 }
 
-// dialHolder opens a WebSocket for priv's key and reads the challenge,
-// without introducing it; it returns the challenge's nonce.
-func (r *relay) dialHolder(t *testing.T, priv ed25519.PrivateKey) (*holder, []byte) {
-	t.Helper()
-	conn, _, err := r.dial(t, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &holder{t: t, conn: conn, priv: priv, pub: priv.Public().(ed25519.PublicKey)}
-	ch := h.expect(protocol.TypeChallenge)
-	nonce, err := protocol.DecodeBase64(ch.str("nonce"))
-	if err != nil || len(nonce) != 32 {
-		t.Fatalf("challenge nonce %q", ch.str("nonce"))
-	}
-	return h, nonce
-}
-
 // introduceWith sends an introduction for h's key signed by signer over the
 // introduction message of nonce.
 func (h *holder) introduceWith(signer ed25519.PrivateKey, nonce []byte) {

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"crypto/ed25519"
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
@@ -356,19 +357,7 @@ func testInvalidSignatureResource(t *testing.T, d deploy) {
 	h.expectError(protocol.CodeInvalidSignature)
 	a := recv(t, first)
 	expectStatus(t, a, 502, "invalid_signature")
-	if a.str("request_id") != id || a.Header.Get("Idempotent-Replayed") != "" {
-		t.Fatalf("first 502 %v %s for %s", a.Header, a.Raw, id)
-	}
-	for _, n := range d.pollers() {
-		got := n.mustCall(t, "GET", "/sign/"+id+"?wait_ms=10000", testAPIKey, nil, nil)
-		if got.Status != 200 {
-			t.Fatalf("GET %d %s", got.Status, got.Raw)
-		}
-		checkResource(t, got, "invalid_signature", h.pub, msg)
-	}
-	for _, n := range d.pollers() {
-		expectReplay(t, a, n.mustCall(t, "POST", "/sign", testAPIKey, body, idem))
-	}
+	expectStoredEnd(t, d, a, id, "invalid_signature", h.pub, msg, body, idem)
 	expectAsyncReplay(t, d.other, asyncBody(h.pub, msg, nil), idem, id, "invalid_signature", h, msg)
 	// Ended: a good answer now is too late and changes nothing.
 	h.approve(req)
@@ -392,20 +381,8 @@ func testTimeoutReplayed(t *testing.T, d deploy) {
 	h.expectCancel(id, protocol.CancelTimeout)
 	a := recv(t, first)
 	expectStatus(t, a, 504, "timeout")
-	if a.str("request_id") != id || a.Header.Get("Idempotent-Replayed") != "" {
-		t.Fatalf("first 504 %v %s for %s", a.Header, a.Raw, id)
-	}
-	for _, n := range d.pollers() {
-		got := n.mustCall(t, "GET", "/sign/"+id+"?wait_ms=10000", testAPIKey, nil, nil)
-		if got.Status != 200 {
-			t.Fatalf("GET %d %s", got.Status, got.Raw)
-		}
-		checkResource(t, got, "timeout", h.pub, msg)
-	}
 	// Replayed, not made again: no holder is asked, nobody waits 300 ms.
-	for _, n := range d.pollers() {
-		expectReplay(t, a, n.mustCall(t, "POST", "/sign", testAPIKey, body, idem))
-	}
+	expectStoredEnd(t, d, a, id, "timeout", h.pub, msg, body, idem)
 	expectAsyncReplay(t, d.other, asyncBody(h.pub, msg, map[string]any{"timeout_ms": 300}), idem, id, "timeout", h, msg)
 	// An answer after the deadline is too late and changes nothing.
 	h.approve(req)
@@ -471,3 +448,23 @@ func testAsyncReplayAfterEnd(t *testing.T, d deploy) {
 }
 
 func TestAsyncReplayAfterEnd(t *testing.T) { testAsyncReplayAfterEnd(t, oneNode(t, nil)) }
+
+// expectStoredEnd checks a request whose blocking call ended with first:
+// it reads as status on every node that reads, and the same call replays
+// first there.
+func expectStoredEnd(t *testing.T, d deploy, first httpResp, id, status string, pub ed25519.PublicKey, msg, body []byte, idem map[string]string) {
+	t.Helper()
+	if first.str("request_id") != id || first.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("first %d %v %s for %s", first.Status, first.Header, first.Raw, id)
+	}
+	for _, n := range d.pollers() {
+		got := n.mustCall(t, "GET", "/sign/"+id+"?wait_ms=10000", testAPIKey, nil, nil)
+		if got.Status != 200 {
+			t.Fatalf("GET %d %s", got.Status, got.Raw)
+		}
+		checkResource(t, got, status, pub, msg)
+	}
+	for _, n := range d.pollers() {
+		expectReplay(t, first, n.mustCall(t, "POST", "/sign", testAPIKey, body, idem))
+	}
+}
