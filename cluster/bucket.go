@@ -34,6 +34,19 @@ func transient(err error) bool {
 	return errors.As(err, &api) && api.ErrorCode == jsClusterNotAvailable
 }
 
+// conflict reports whether err is a compare-and-set that lost: the key
+// exists, or its revision is not the one written over. nats.go maps the
+// replicated stream's answer (10164) for Update, but not for a Create over
+// a deleted key, which it writes as an update of the delete marker.
+func conflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var api *jetstream.APIError
+	return errors.As(err, &api) &&
+		(api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
 // jsClusterNotAvailable is the JetStream API's "JetStream system
 // temporarily unavailable" (nats-server's JSClusterNotAvailErr).
 const jsClusterNotAvailable jetstream.ErrorCode = 10008

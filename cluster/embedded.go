@@ -41,12 +41,12 @@ func embeddedOptions(cfg config.Config, nodeID string) (*server.Options, error) 
 		// consumer; keep room for a few of the largest messages.
 		MaxPending: max(int64(64<<20), 4*int64(payload)),
 		// A peer that stops answering (a host that loses power or its
-		// network, a frozen process) is given up after 4 to 6 s, as the
-		// relay's own client gives up on its server: its interest goes
-		// with it, so the other nodes see "no responders" and take its
-		// requests over. nats-server's default (2 min, twice) would
-		// leave them hanging for minutes.
-		PingInterval: pingInterval,
+		// network, a frozen process) is given up after 2 to 3 s: its
+		// interest goes with it, so the other nodes' alive checks see
+		// "no responders" and take its requests over (2 checks 2 s
+		// apart), inside §A.7's 10 s. nats-server's default (2 min,
+		// twice) would leave them hanging for minutes.
+		PingInterval: routePing,
 		MaxPingsOut:  maxPingsOut,
 		Username:     e.User,
 		Password:     e.Password,

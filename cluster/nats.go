@@ -39,6 +39,9 @@ const (
 	// up (and another one tried) after about 4 to 6 s.
 	pingInterval = 2 * time.Second
 	maxPingsOut  = 2
+	// routePing is how often an embedded server pings its routes and
+	// clients: a silent peer is given up after 2 to 3 s.
+	routePing = time.Second
 	// reconnectBuf bounds what is buffered while reconnecting; a publish
 	// beyond it fails at once instead of growing memory.
 	reconnectBuf = 8 << 20

@@ -245,7 +245,7 @@ func (s *Store) open(ctx context.Context) error {
 		// leader's first one without a lock that a concurrent apply of
 		// a plain write reads (the race detector sees it). This write is
 		// that first one while nothing else writes yet.
-		if _, err := kv.Create(ctx, "w."+s.node, nil); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		if _, err := (bucket{kv}).Create(ctx, "w."+s.node, nil); err != nil && !conflict(err) {
 			return err
 		}
 		s.kv.Store(&kv)
@@ -394,7 +394,7 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 		if err == nil {
 			return nil, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
+		if !conflict(err) {
 			return nil, err
 		}
 		e, err := kv.Get(ctx, key)
@@ -425,8 +425,12 @@ func (s *Store) claimKey(ctx context.Context, kv jetstream.KeyValue, rec *signin
 			return nil, err
 		}
 		// Its record is gone: the key is free again.
-		if _, err := kv.Update(ctx, key, val, e.Revision()); err == nil {
+		_, err = kv.Update(ctx, key, val, e.Revision())
+		if err == nil {
 			return nil, nil
+		}
+		if !conflict(err) {
+			return nil, err
 		}
 		if !pause(ctx) {
 			break
@@ -465,7 +469,13 @@ func (s *Store) Save(rec *signing.Record) {
 	}
 	ctx, cancel := opCtx(nil)
 	defer cancel()
-	defer func() { _ = kv.Purge(ctx, pendingKey(s.node, rec.ID)) }()
+	defer func() {
+		// With a context of its own: the writes below may have used
+		// up theirs.
+		ctx, cancel := opCtx(nil)
+		defer cancel()
+		_ = kv.Purge(ctx, pendingKey(s.node, rec.ID))
+	}()
 	b, _ := json.Marshal(toStored(rec, s.node))
 	// Only the owner writes the end: a node that was taken for dead (cut
 	// off from NATS for a while) and whose request another node adopted
@@ -475,6 +485,9 @@ func (s *Store) Save(rec *signing.Record) {
 		if err != nil {
 			if errors.Is(err, jetstream.ErrKeyNotFound) {
 				_, err = kv.Create(ctx, recordKey(rec.ID), b)
+				if conflict(err) && pause(ctx) {
+					continue // written meanwhile: read it again
+				}
 			}
 			if err != nil {
 				s.log.Warn("request end not recorded", "request_id", rec.ID, "err", err)
@@ -485,7 +498,12 @@ func (s *Store) Save(rec *signing.Record) {
 			s.log.Warn("request end not recorded: another node took the request over", "request_id", rec.ID, "owner", st.Node)
 			return
 		}
-		if _, err := kv.Update(ctx, recordKey(rec.ID), b, e.Revision()); err == nil {
+		_, err = kv.Update(ctx, recordKey(rec.ID), b, e.Revision())
+		if err == nil {
+			return
+		}
+		if !conflict(err) {
+			s.log.Warn("request end not recorded", "request_id", rec.ID, "err", err)
 			return
 		}
 		if !pause(ctx) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/signrelay/signrelay/signing"
 )
@@ -65,6 +66,18 @@ func TestConcurrentClaimsOfOneKey(t *testing.T) {
 	const rounds, callers = 20, 12
 	for r := 0; r < rounds; r++ {
 		idem := fmt.Sprintf("race-%d", r)
+		if r%2 == 1 {
+			// A key used before and released (a call that failed
+			// before its request was made): its delete marker is
+			// written over, which a replicated stream refuses with
+			// another code.
+			now := time.Now()
+			gone := &signing.Record{ID: uuid.NewString(), Owner: "backend", Created: now, Expires: now.Add(time.Minute), Status: signing.StatusPending, Async: true, IdemKey: idem}
+			if _, err := stores[r%3].Claim(context.Background(), gone); err != nil {
+				t.Fatalf("round %d: first claim: %v", r, err)
+			}
+			stores[r%3].Release(gone)
+		}
 		type result struct {
 			id   string
 			held *signing.Record
@@ -107,5 +120,52 @@ func TestConcurrentClaimsOfOneKey(t *testing.T) {
 				t.Fatalf("round %d: a loser was given %s, the winner is %s", r, id, winners[0])
 			}
 		}
+	}
+}
+
+// failingUpdates fails every Update with err; everything else is kv's.
+type failingUpdates struct {
+	jetstream.KeyValue
+	err     error
+	updates int
+}
+
+func (f *failingUpdates) Update(context.Context, string, []byte, uint64) (uint64, error) {
+	f.updates++
+	return 0, f.err
+}
+
+func TestConflictIsTheOnlyFailureTriedAgain(t *testing.T) {
+	full := &jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum bytes exceeded"}
+	for _, tc := range []struct {
+		err      error
+		conflict bool
+	}{
+		{fmt.Errorf("update: %w", &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequenceConstant}), true},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, true},
+		{jetstream.ErrKeyExists, true},
+		{jetstream.ErrKeyRevisionMismatch, true},
+		{full, false},
+		{context.DeadlineExceeded, false},
+	} {
+		if got := conflict(tc.err); got != tc.conflict {
+			t.Fatalf("conflict(%v) = %v", tc.err, got)
+		}
+	}
+	// A write that fails for good is given up at once, not tried for
+	// the store's whole deadline (Save runs where a request ends).
+	stores := threeStores(t)
+	s := stores[0]
+	now := time.Now()
+	rec := &signing.Record{ID: uuid.NewString(), Owner: "backend", Created: now, Expires: now.Add(time.Minute), Status: signing.StatusPending, Async: true}
+	if _, err := s.Claim(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	var fake jetstream.KeyValue = &failingUpdates{KeyValue: *s.kv.Load(), err: full}
+	s.kv.Store(&fake)
+	rec.Status, rec.Completed = signing.StatusSigned, time.Now()
+	s.Save(rec)
+	if f := fake.(*failingUpdates); f.updates != 1 {
+		t.Fatalf("Save tried a write that cannot succeed %d times", f.updates)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"time"
@@ -90,25 +91,31 @@ func (s *Server) handleSign(c *fiber.Ctx) error {
 }
 
 // logRefused writes the info line of a POST /sign that no request came of.
+// The 429 of a client IP that keeps guessing API keys is logged at debug:
+// those calls come as fast as a stranger sends them, and each 401 before
+// them (at most rate_limits.auth_failures_per_ip) has its info line.
 func (s *Server) logRefused(c *fiber.Ctx, call *signCall, code string, start time.Time) {
+	level := slog.LevelInfo
+	if code == codeRateLimited && !call.authed {
+		level = slog.LevelDebug
+	}
 	key := ""
 	if call.hasKey {
 		key = call.key.ShortString()
 	}
-	s.log.Info("sign refused", "request_id", call.requestID, "requester", call.requester, "key", key,
+	s.log.Log(context.Background(), level, "sign refused", "request_id", call.requestID, "requester", call.requester, "key", key,
 		"status", c.Response().StatusCode(), "code", code, "ms", time.Since(start).Milliseconds())
 }
 
-// isSignCall reports whether c is a POST /sign, for the answers given
-// before handleSign runs.
-func isSignCall(c *fiber.Ctx) bool {
-	return c.Method() == fiber.MethodPost && c.Path() == "/sign"
-}
+// isSignCall reports whether c is a call Fiber routes to handleSign, for
+// the answers given before it runs.
+func isSignCall(c *fiber.Ctx) bool { return isSignPost(&c.Request().Header) }
 
 // signCall is what sign learns of a call, for handleSign's log line.
 type signCall struct {
 	requestID string
 	requester string
+	authed    bool // a right API key was presented
 	key       protocol.PublicKey
 	hasKey    bool // the body was read
 	made      bool // a request was made or joined
@@ -126,7 +133,7 @@ func (s *Server) sign(c *fiber.Ctx, call *signCall) error {
 		return s.rejectAuth(c)
 	}
 	owner := s.apiOwners[keyIndex]
-	call.requester = s.apiNames[keyIndex]
+	call.requester, call.authed = s.apiNames[keyIndex], true
 	if ok, retry := s.perAPIKey.allow(owner); !ok {
 		return s.rateLimited(c, "api_key", retry, "API key", "")
 	}

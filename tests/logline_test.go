@@ -138,3 +138,28 @@ func TestInfoLineWhenAuditFails(t *testing.T) {
 		t.Fatalf("%d lines say ok for a withheld signature", n)
 	}
 }
+
+// A client IP that keeps guessing API keys: each 401 has its info line,
+// the 429s after them do not (a stranger must not write the info log as
+// fast as they send); a right key's 429 does.
+func TestInfoLineRateLimitedGuesses(t *testing.T) {
+	r, lines := startLoggedRelay(t, func(c *config.Config) {
+		c.RateLimits.Enabled = true
+		c.RateLimits.AuthFailuresPerIP = config.Limit{Rate: 0.001, Burst: 2}
+		c.RateLimits.SignPerAPIKey = config.Limit{Rate: 0.001, Burst: 1}
+	})
+	pub, _ := newKey(t)
+	for i := 0; i < 2; i++ {
+		expectStatus(t, r.mustCall(t, "POST", "/sign", "wrong-key-0123456789abcdef", signBody(pub, []byte("x"), nil), nil), 401, "unauthorized")
+	}
+	for i := 0; i < 3; i++ {
+		expectStatus(t, r.mustCall(t, "POST", "/sign", "wrong-key-0123456789abcdef", signBody(pub, []byte("x"), nil), nil), 429, "rate_limited")
+	}
+	if n := len(lines.with(t, "sign refused", "unauthorized")); n != 2 {
+		t.Fatalf("%d info lines for two 401s", n)
+	}
+	// The right key, over its own limit: logged, with who asked.
+	expectStatus(t, r.mustCall(t, "POST", "/sign", billingKey, signBody(pub, []byte("x"), nil), nil), 404, "not_connected")
+	expectStatus(t, r.mustCall(t, "POST", "/sign/", billingKey, signBody(pub, []byte("x"), nil), nil), 429, "rate_limited")
+	lines.one(t, "sign refused", "rate_limited", 429, "", "billing", "")
+}
