@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,7 +32,18 @@ func threeStores(t *testing.T) []*Store {
 		}
 		e.StoreDir = t.TempDir()
 		cfg.Cluster.NodeID = fmt.Sprintf("node-%d", i)
-		l := open(t, cfg, nil)
+		l, err := Open(cfg, nil)
+		// The route port was free when picked; another process may have
+		// taken it since. The others learn a new one when this node
+		// connects to them (routes are gossiped).
+		for try := 0; err != nil && strings.Contains(err.Error(), "address already in use") && try < 3; try++ {
+			e.ClusterListen = hostPort(freePort(t))
+			l, err = Open(cfg, nil)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
 		s, err := NewStore(l, StoreOptions{ResultTTL: time.Minute, MaxLife: time.Minute, MaxBytes: 64 << 20, Replicas: 3}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
