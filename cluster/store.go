@@ -27,11 +27,13 @@ const (
 	storeOp = 5 * time.Second
 	// takeoverEvery is how often a node looks for pending resources whose
 	// node is gone; a node is taken for gone after takeoverMisses checks
-	// in a row found nobody answering on its subject. A dead node's
-	// resources are adopted within takeoverMisses × takeoverEvery (+ a
-	// ping), well inside the contract's 10 s.
+	// in a row, missRecheck apart, found nobody answering on its subject.
+	// A dead node's resources are adopted within takeoverEvery +
+	// missRecheck (+ the pings) of its interest going, well inside the
+	// contract's 10 s.
 	takeoverEvery  = 2 * time.Second
 	takeoverMisses = 2
+	missRecheck    = time.Second
 	aliveTimeout   = time.Second
 	// openRetry is how long the store keeps trying to create its bucket
 	// at start: a JetStream cluster elects its meta leader first.
@@ -75,7 +77,7 @@ type Store struct {
 	closeOnce sync.Once
 
 	// Owned by the takeover loop.
-	misses map[string]int
+	lastPending map[string][]string // the last listing of p.*: node -> request ids
 }
 
 // storedRecord is a record as the bucket keeps it.
@@ -177,7 +179,7 @@ func NewStore(l *Link, o StoreOptions, log *slog.Logger) (*Store, error) {
 	self := l.NodeID() + "-" + hex.EncodeToString(inc)
 	s := &Store{
 		nc: l.Conn(), js: js, node: self, prefix: l.Prefix(), ttl: o.ResultTTL, external: o.External,
-		log: log.With("component", "store", "node_id", l.NodeID(), "owner", self), stop: make(chan struct{}), misses: map[string]int{},
+		log: log.With("component", "store", "node_id", l.NodeID(), "owner", self), stop: make(chan struct{}),
 		bucket: jetstream.KeyValueConfig{
 			Bucket:      strings.ReplaceAll(l.Prefix(), ".", "_") + "_requests",
 			Description: "signrelay request resources",
@@ -747,41 +749,57 @@ func (s *Store) takeover(ctx context.Context) {
 	if err != nil || !s.nc.IsConnected() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, takeoverEvery)
+	listCtx, cancel := context.WithTimeout(ctx, takeoverEvery)
 	defer cancel()
-	lister, err := kv.ListKeysFiltered(ctx, "p.>")
-	if err != nil {
-		return
-	}
-	byNode := map[string][]string{}
-	for k := range lister.Keys() {
-		parts := strings.SplitN(k, ".", 3)
-		if len(parts) == 3 && parts[1] != s.node {
-			byNode[parts[1]] = append(byNode[parts[1]], parts[2])
+	// Listing makes a JetStream consumer, which needs the stream's
+	// leader and the meta leader: when the node that died held one of
+	// them, listing fails until a new one is elected (4-9 s). The
+	// alive checks go on meanwhile for what the last listing named, so
+	// that the node is known gone by then, and its requests are
+	// adopted as soon as the record can be read and written again
+	// (adopt itself needs only the stream's leader, and checks the
+	// record first).
+	byNode := s.lastPending
+	if lister, err := kv.ListKeysFiltered(listCtx, "p.>"); err == nil {
+		byNode = map[string][]string{}
+		for k := range lister.Keys() {
+			parts := strings.SplitN(k, ".", 3)
+			if len(parts) == 3 && parts[1] != s.node {
+				byNode[parts[1]] = append(byNode[parts[1]], parts[2])
+			}
 		}
-	}
-	_ = lister.Stop()
-	for node := range s.misses {
-		if _, ok := byNode[node]; !ok {
-			delete(s.misses, node)
-		}
+		_ = lister.Stop()
+		s.lastPending = byNode
 	}
 	for node, ids := range byNode {
-		if ctx.Err() != nil {
-			return
+		if ctx.Err() != nil || !s.gone(ctx, node) {
+			continue
+		}
+		actx, acancel := context.WithTimeout(ctx, storeOp)
+		for _, id := range ids {
+			s.adopt(actx, id, node)
+		}
+		acancel()
+	}
+}
+
+// gone reports whether node gave "no responders" takeoverMisses times in a
+// row, missRecheck apart: once could be a node a moment late after a NATS
+// restart, whose interest is not back yet.
+func (s *Store) gone(ctx context.Context, node string) bool {
+	for i := 0; i < takeoverMisses; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(missRecheck):
+			}
 		}
 		if s.alive(node) {
-			delete(s.misses, node)
-			continue
-		}
-		s.misses[node]++
-		if s.misses[node] < takeoverMisses {
-			continue
-		}
-		for _, id := range ids {
-			s.adopt(ctx, id, node)
+			return false
 		}
 	}
+	return true
 }
 
 // alive reports whether node answers; only "no responders" counts as gone.
