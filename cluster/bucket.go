@@ -53,31 +53,27 @@ const jsClusterNotAvailable jetstream.ErrorCode = 10008
 
 // pause waits retryWait before a compare-and-set is tried again, and
 // reports false when ctx ends first.
-func pause(ctx context.Context) bool {
+func pause(ctx context.Context) bool { return sleep(ctx, retryWait) }
+
+// sleep waits d, and reports false when ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-time.After(retryWait):
+	case <-t.C:
 		return true
 	}
 }
 
 func again[T any](ctx context.Context, op func() (T, error)) (T, error) {
-	var stop <-chan time.Time
+	ctx, cancel := context.WithTimeout(ctx, storeOp)
+	defer cancel()
 	for {
 		v, err := op()
-		if err == nil || !transient(err) {
+		if err == nil || !transient(err) || !pause(ctx) {
 			return v, err
-		}
-		if stop == nil {
-			stop = time.After(storeOp)
-		}
-		select {
-		case <-ctx.Done():
-			return v, err
-		case <-stop:
-			return v, err
-		case <-time.After(retryWait):
 		}
 	}
 }

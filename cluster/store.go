@@ -775,11 +775,9 @@ func (s *Store) takeover(ctx context.Context) {
 		if ctx.Err() != nil || !s.gone(ctx, node) {
 			continue
 		}
-		actx, acancel := context.WithTimeout(ctx, storeOp)
 		for _, id := range ids {
-			s.adopt(actx, id, node)
+			s.adopt(ctx, id, node) // which bounds each operation itself
 		}
-		acancel()
 	}
 }
 
@@ -788,12 +786,8 @@ func (s *Store) takeover(ctx context.Context) {
 // restart, whose interest is not back yet.
 func (s *Store) gone(ctx context.Context, node string) bool {
 	for i := 0; i < takeoverMisses; i++ {
-		if i > 0 {
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(missRecheck):
-			}
+		if i > 0 && !sleep(ctx, missRecheck) {
+			return false
 		}
 		if s.alive(node) {
 			return false

@@ -112,7 +112,13 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	} else {
 		s.log.Error("unhandled error", "path", c.Path(), "err", err)
 	}
-	err = writeError(c, status, code, msg, "")
+	return s.refuseEarly(c, status, code, msg)
+}
+
+// refuseEarly answers a request refused before its handler runs; a
+// POST /sign refused so still gets handleSign's info line.
+func (s *Server) refuseEarly(c *fiber.Ctx, status int, code, msg string) error {
+	err := writeError(c, status, code, msg, "")
 	if isSignCall(c) {
 		s.logRefused(c, &signCall{}, code, time.Now())
 	}

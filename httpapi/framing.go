@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
@@ -126,19 +125,12 @@ func (s *Server) guard(c *fiber.Ctx) error {
 		why := strings.TrimPrefix(v, verdictToken)
 		c.Context().SetConnectionClose()
 		markLinger(c.Context().Conn())
-		var err error
 		switch {
 		case why == refuseFraming:
-			err = writeError(c, fiber.StatusBadRequest, codeInvalidRequest, "a request may not carry both Content-Length and Transfer-Encoding", "")
+			return s.refuseEarly(c, fiber.StatusBadRequest, codeInvalidRequest, "a request may not carry both Content-Length and Transfer-Encoding")
 		case strings.HasPrefix(why, refuseTooLarge):
-			err = writeError(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
-				fmt.Sprintf("request body is %s bytes; the limit for a %d-byte message is %d", strings.TrimPrefix(why, refuseTooLarge), s.cfg.Sign.MaxMessageBytes, s.bodyLimit), "")
-		}
-		if code, _ := c.Locals(localCode).(string); code != "" {
-			if isSignCall(c) {
-				s.logRefused(c, &signCall{}, code, time.Now())
-			}
-			return err
+			return s.refuseEarly(c, fiber.StatusRequestEntityTooLarge, codeMessageTooLarge,
+				fmt.Sprintf("request body is %s bytes; the limit for a %d-byte message is %d", strings.TrimPrefix(why, refuseTooLarge), s.cfg.Sign.MaxMessageBytes, s.bodyLimit))
 		}
 		// refuseUnauthorized: handleSign answers 401 (or 429) itself.
 	}

@@ -41,27 +41,20 @@ type embeddedNode struct {
 // scripts/cluster.sh renders deploy/node.yaml: rate limits off, a short
 // shutdown grace, the JetStream directory under the test's.
 func embeddedConfig(t *testing.T, listen, id string, client, route int, routes []string) map[string]any {
-	return map[string]any{
-		"listen":         listen,
-		"api_keys":       []any{apiKey},
-		"rate_limits":    map[string]any{"enabled": false},
-		"shutdown_grace": "1s",
-		"log_level":      "info",
-		"cluster": map[string]any{
-			"node_id": id,
-			"embedded": map[string]any{
-				"listen":         loopback(client),
-				"cluster_listen": loopback(route),
-				"routes":         routes,
-				"cluster_name":   "signrelay",
-				"user":           natsUser,
-				"password":       natsPassword,
-				// The test's, removed at its end: a node killed on purpose
-				// does not remove a directory of its own.
-				"store_dir": filepath.Join(t.TempDir(), "js-"+id),
-			},
+	return nodeConfig(listen, map[string]any{
+		"node_id": id,
+		"embedded": map[string]any{
+			"listen":         loopback(client),
+			"cluster_listen": loopback(route),
+			"routes":         routes,
+			"cluster_name":   "signrelay",
+			"user":           natsUser,
+			"password":       natsPassword,
+			// The test's, removed at its end: a node killed on purpose
+			// does not remove a directory of its own.
+			"store_dir": filepath.Join(t.TempDir(), "js-"+id),
 		},
-	}
+	})
 }
 
 // startEmbeddedCluster starts three relays (node1..node3) whose embedded

@@ -438,21 +438,26 @@ type relay struct {
 	killed bool // SIGKILLed on purpose: no clean exit to check
 }
 
-// relayConfig is the configuration of a node of nats: rate limits off, a
-// short shutdown grace.
+// relayConfig is the configuration of a node of nats.
 func relayConfig(listen, node string, nats *natsServer) map[string]any {
+	return nodeConfig(listen, map[string]any{
+		"nats_url": nats.url,
+		"node_id":  node,
+		"user":     natsUser,
+		"password": natsPassword,
+	})
+}
+
+// nodeConfig is what every relay of these tests runs with (rate limits
+// off, a short shutdown grace), with cluster as its cluster section.
+func nodeConfig(listen string, cluster map[string]any) map[string]any {
 	return map[string]any{
 		"listen":         listen,
 		"api_keys":       []any{apiKey},
 		"rate_limits":    map[string]any{"enabled": false},
 		"shutdown_grace": "1s",
 		"log_level":      "info",
-		"cluster": map[string]any{
-			"nats_url": nats.url,
-			"node_id":  node,
-			"user":     natsUser,
-			"password": natsPassword,
-		},
+		"cluster":        cluster,
 	}
 }
 
