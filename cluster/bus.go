@@ -87,8 +87,15 @@ type held struct {
 	message    []byte
 	expires    time.Time
 	recipients map[registry.Holder]struct{}
-	failed     map[registry.Holder]struct{}
-	sent       *envelope // a valid answer or a reject forwarded to the owner
+	// answered: recipients that gave an answer or a reject; the owner
+	// verifies a signature, so a recipient answers once, as on one node.
+	// failed: those whose answer is known to be invalid.
+	answered map[registry.Holder]struct{}
+	failed   map[registry.Holder]struct{}
+	// sent: the answers and rejects forwarded to the owner that it has not
+	// refused, in order, at most one per recipient: sent again when the
+	// owner may have missed them, and handed over with the request.
+	sent []*envelope
 	// resource: the request outlives its owner; when the owner is gone
 	// it is kept for the node that takes it over, not ended.
 	resource bool
@@ -418,7 +425,9 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		}
 		r := remote{node: e.Node, session: e.Session, key: key}
 		b.noteRemote(e.ID, r)
-		b.svc.RemoteAnswer(e.ID, r, e.Sig)
+		if ferr := b.svc.RemoteAnswer(e.ID, r, e.Sig); ferr != nil {
+			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgRefused, ID: e.ID, Key: e.Key, Node: b.node, Session: e.Session, Reason: ferr.Message})
+		}
 	case msgReject:
 		if len(e.Sessions) > 0 && !b.attached(e.Node, attachment{ID: e.ID, Key: e.Key, Sessions: e.Sessions}) {
 			return
@@ -441,6 +450,8 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		b.delivered(e, key, m.Reply)
 	case msgEnd: // an end sent to this node directly
 		b.endHeld(e)
+	case msgRefused:
+		b.refused(e, key)
 	}
 }
 
@@ -646,12 +657,12 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 	// The same request from another node: its owner died and that node
 	// took it over. It is the owner from now on: it is told the
 	// recipients here at once, and given the answer sent to the dead one.
-	var resend *envelope
+	var resend []*envelope
 	if !first && h.owner != e.Node {
 		b.log.Info("bus: request taken over by another node", "request_id", e.ID, "from", h.owner, "to", e.Node)
 		h.owner = e.Node
 		h.reported = true
-		resend = h.sent
+		resend = append(resend, h.sent...)
 	}
 	var fresh []registry.Holder
 	for _, c := range local {
@@ -688,8 +699,8 @@ func (b *Bus) delivered(e envelope, key protocol.PublicKey, reply string) {
 		}
 		b.publish(reply, "", &envelope{T: msgAttached, Node: b.node, Att: []attachment{{ID: e.ID, Key: e.Key, Sessions: sessions}}})
 	}
-	if resend != nil {
-		b.publish(b.nodeSubject(e.Node, "in"), "", resend)
+	for _, a := range resend {
+		b.publish(b.nodeSubject(e.Node, "in"), "", a)
 	}
 }
 
@@ -877,6 +888,7 @@ func (b *Bus) Detached(c registry.Holder) {
 	for _, h := range b.heldKeys[key] {
 		if _, ok := h.recipients[c]; ok {
 			delete(h.recipients, c)
+			delete(h.answered, c)
 			delete(h.failed, c)
 			tells = append(tells, tell{h.id, h.owner})
 		}
@@ -908,38 +920,88 @@ func (b *Bus) heldFor(c registry.Holder, id string) *held {
 	if _, ok := h.recipients[c]; !ok {
 		return nil
 	}
-	if _, bad := h.failed[c]; bad {
+	if _, done := h.answered[c]; done {
 		return nil
 	}
 	return h
 }
 
-// Respond implements signing.Bus. The answer is checked here, so that the
-// key holder hears about a bad signature at once; the owner checks it
-// again and decides.
+// Respond implements signing.Bus. The owner verifies the signature, the
+// one verification of a cross-node answer: the key holder hears here at
+// once when the answer does not echo the message, and from the owner a
+// bus round trip later when its signature does not verify (refused).
 func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.FrameError {
 	h := b.heldFor(c, f.RequestID)
 	if h == nil {
 		return protocol.UnknownRequest(f.RequestID)
 	}
 	e := &envelope{T: msgAnswer, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID()}
-	ferr := protocol.CheckAnswer(h.key, h.message, f)
+	ferr := protocol.CheckEcho(h.message, f)
 	if ferr == nil {
 		e.Sig = f.Signature
 	}
 	b.mu.Lock()
-	b.reportWithLocked(h, e)
+	b.answeredLocked(h, c, e, ferr == nil)
 	if ferr != nil {
 		if h.failed == nil {
-			h.failed = make(map[registry.Holder]struct{})
+			h.failed = make(map[registry.Holder]struct{}, 1)
 		}
 		h.failed[c] = struct{}{}
-	} else if h.sent == nil {
-		h.sent = e
 	}
 	b.mu.Unlock()
 	b.publish(b.nodeSubject(h.owner, "in"), "", e)
 	return ferr
+}
+
+// answeredLocked records that c answered h with e; keep: e is worth
+// sending again (not an answer known to be invalid).
+func (b *Bus) answeredLocked(h *held, c registry.Holder, e *envelope, keep bool) {
+	b.reportWithLocked(h, e)
+	if h.answered == nil {
+		h.answered = make(map[registry.Holder]struct{}, 1)
+	}
+	h.answered[c] = struct{}{}
+	if keep {
+		h.sent = append(h.sent, e)
+	}
+}
+
+// refused: the owner found that a recipient's signature does not verify.
+// The key holder gets the error the owner sent, whether or not the
+// request has ended here meanwhile (an invalid answer can end it: 502).
+func (b *Bus) refused(e envelope, key protocol.PublicKey) {
+	var to registry.Holder
+	b.mu.Lock()
+	if h := b.heldByID[e.ID]; h != nil {
+		for c := range h.recipients {
+			if c.SessionID() == e.Session {
+				to = c
+				if h.failed == nil {
+					h.failed = make(map[registry.Holder]struct{}, 1)
+				}
+				h.failed[c] = struct{}{}
+				break
+			}
+		}
+		for i, s := range h.sent {
+			if s.Session == e.Session && s.T == msgAnswer {
+				h.sent = append(h.sent[:i], h.sent[i+1:]...)
+				break
+			}
+		}
+	}
+	b.mu.Unlock()
+	if to == nil {
+		for _, c := range b.reg.Holders(key) {
+			if c.SessionID() == e.Session {
+				to = c
+				break
+			}
+		}
+	}
+	if to != nil {
+		to.Send(protocol.EncodeError(protocol.CodeInvalidSignature, e.Reason, e.ID))
+	}
 }
 
 // reportWithLocked: the first answer (or reject) carries the recipients
@@ -963,22 +1025,23 @@ func (b *Bus) Adopt(id string) signing.Handover {
 		return signing.Handover{}
 	}
 	var out signing.Handover
+	by := make(map[string]registry.Holder, len(h.recipients))
 	for c := range h.recipients {
 		if _, bad := h.failed[c]; !bad {
 			out.Have = append(out.Have, c)
 		}
-		if h.sent != nil && c.SessionID() == h.sent.Session {
-			out.By = c
-		}
+		by[c.SessionID()] = c
 	}
 	sent := h.sent
 	b.mu.Unlock()
-	if sent != nil && out.By != nil {
+	for _, e := range sent {
+		c := by[e.Session]
 		switch {
-		case sent.T == msgAnswer && sent.Sig != nil:
-			out.Response = &protocol.SignResponse{Type: protocol.TypeSignResponse, RequestID: id, Message: h.message, Signature: sent.Sig}
-		case sent.T == msgReject:
-			out.Reject = &protocol.SignReject{Type: protocol.TypeSignReject, RequestID: id, Reason: sent.Reason}
+		case c == nil:
+		case e.T == msgAnswer && e.Sig != nil:
+			out.Answers = append(out.Answers, signing.Answer{By: c, Response: &protocol.SignResponse{Type: protocol.TypeSignResponse, RequestID: id, Message: h.message, Signature: e.Sig}})
+		case e.T == msgReject:
+			out.Answers = append(out.Answers, signing.Answer{By: c, Reject: &protocol.SignReject{Type: protocol.TypeSignReject, RequestID: id, Reason: e.Reason}})
 		}
 	}
 	return out
@@ -992,10 +1055,7 @@ func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameE
 	}
 	e := &envelope{T: msgReject, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID(), Reason: f.Reason}
 	b.mu.Lock()
-	b.reportWithLocked(h, e)
-	if h.sent == nil {
-		h.sent = e
-	}
+	b.answeredLocked(h, c, e, true)
 	b.mu.Unlock()
 	b.publish(b.nodeSubject(h.owner, "in"), "", e)
 	return nil
@@ -1152,8 +1212,8 @@ func (b *Bus) checkOwner(owner string, refs map[string][]byte) {
 			if _, over := e.Ended[id]; over {
 				continue
 			}
-			if h := b.heldByID[id]; h != nil && h.sent != nil {
-				again = append(again, h.sent)
+			if h := b.heldByID[id]; h != nil {
+				again = append(again, h.sent...)
 			}
 		}
 		b.mu.Unlock()

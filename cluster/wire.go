@@ -24,7 +24,7 @@ import (
 // and so are trailing bytes and an unknown version or type. A node of
 // another version cannot read these messages: the nodes of one cluster
 // run the same version.
-const wireVersion = 2
+const wireVersion = 3
 
 // msgType is the type of a bus message.
 type msgType uint8
@@ -33,14 +33,15 @@ type msgType uint8
 const (
 	msgDeliver  msgType = 1 + iota // owner → key holders' nodes: a request
 	msgAttached                    // holder node → owner: connections that received requests
-	msgAnswer                      // holder node → owner: a sign_response (sig nil: did not verify there)
+	msgAnswer                      // holder node → owner: a sign_response (sig nil: it does not echo the message)
 	msgReject                      // holder node → owner: a sign_reject
 	msgDetached                    // holder node → owner: a recipient closed
 	msgEnd                         // owner → key holders' nodes: the request ended
 	msgHello                       // holder node → owners: a connection of the key was introduced
 	msgPing                        // either way: which of these requests have ended?
 	msgPong                        // the answer to a ping
-	msgLast     = msgPong
+	msgRefused                     // owner → holder node: that answer's signature does not verify
+	msgLast     = msgRefused
 )
 
 // envelope is every message of the bus. Keys travel whole; the subjects

@@ -48,24 +48,35 @@ func (s *Service) AddRemote(id string, h Remote) bool {
 
 // RemoteAnswer handles a sign_response that h, a connection on another
 // node, gave to the request id made here. Its node has checked that the
-// message is the requested one (sig is nil when it was not, or when the
-// signature did not verify there); the signature is verified here again,
-// since only the owner decides.
-func (s *Service) RemoteAnswer(id string, h Remote, sig []byte) {
-	p := s.remoteRecipient(id, h)
+// message is the requested one (sig is nil when it was not, and it told
+// the key holder so); the signature is verified here, the only place it
+// is, since the owner alone decides and the answer crossed the bus. The error is the invalid_signature
+// frame the key holder must get when sig was given and does not verify,
+// else nil.
+func (s *Service) RemoteAnswer(id string, h Remote, sig []byte) *protocol.FrameError {
+	p, failed := s.remoteRecipient(id, h)
+	if failed && sig != nil {
+		// The same answer again: the error for it was lost on the way.
+		return protocol.BadSignature(id)
+	}
 	if p == nil {
-		return
+		return nil
 	}
 	if sig == nil {
-		sig = []byte{}
+		s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: []byte{}})
+		return nil
 	}
-	s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
+	ferr := s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
+	if ferr != nil && ferr.Code != protocol.CodeInvalidSignature {
+		return nil
+	}
+	return ferr
 }
 
 // RemoteReject handles a sign_reject that h, a connection on another node,
 // gave to the request id made here.
 func (s *Service) RemoteReject(id string, h Remote, reason string) {
-	if s.remoteRecipient(id, h) != nil {
+	if p, _ := s.remoteRecipient(id, h); p != nil {
 		s.Reject(h, &protocol.SignReject{RequestID: id, Reason: reason})
 	}
 }
@@ -73,24 +84,25 @@ func (s *Service) RemoteReject(id string, h Remote, reason string) {
 // remoteRecipient finds the pending request id that h may answer. Only a
 // node that was handed the request answers for one of its connections, so
 // one forgotten meanwhile (its node seemed gone for a moment, say during a
-// NATS restart) counts as a recipient again.
-func (s *Service) remoteRecipient(id string, h Remote) *pending {
+// NATS restart) counts as a recipient again. failed: h answered it with
+// a signature that did not verify, and may not answer again.
+func (s *Service) remoteRecipient(id string, h Remote) (p *pending, failed bool) {
 	uid, err := uuid.Parse(id)
 	if err != nil {
-		return nil
+		return nil, false
 	}
 	sh := s.shardOf(h.Key())
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	p := sh.byID[uid]
+	p = sh.byID[uid]
 	if p == nil || p.key != h.Key() || p.finished {
-		return nil
+		return nil, false
 	}
 	if _, failed := p.failed[h]; failed {
-		return nil
+		return nil, true
 	}
 	p.recipients[h] = struct{}{}
-	return p
+	return p, false
 }
 
 // RemoveRemote forgets h, a connection on another node that closed or

@@ -54,6 +54,9 @@ type Bus interface {
 	Detached(h registry.Holder)
 	// Respond and Reject handle answers of local connections to requests
 	// made on other nodes, and return the error frame for the connection.
+	// The request's owner verifies the signature: Respond may return nil
+	// for one that does not verify, whose error reaches the connection
+	// later.
 	Respond(h registry.Holder, f *protocol.SignResponse) *protocol.FrameError
 	Reject(h registry.Holder, f *protocol.SignReject) *protocol.FrameError
 	// Adopt hands over request id, which this node takes over from a node
@@ -63,11 +66,17 @@ type Bus interface {
 
 // Handover is what a node's bus knows of a request it delivered for
 // another node, when this node takes the request over: the local
-// connections that have it already, and the answer one of them gave (to
-// an owner that may never have heard it).
+// connections that have it already, and the answers they gave (to an
+// owner that may never have heard them), in the order they came.
 type Handover struct {
-	Have     []registry.Holder
-	By       registry.Holder // who answered, when Response or Reject is set
+	Have    []registry.Holder
+	Answers []Answer
+}
+
+// Answer is a key holder's sign_response or sign_reject to a request,
+// with the connection that gave it: one of Response and Reject is set.
+type Answer struct {
+	By       registry.Holder
 	Response *protocol.SignResponse
 	Reject   *protocol.SignReject
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/signrelay/signrelay/protocol"
 	"github.com/signrelay/signrelay/registry"
 )
 
@@ -89,12 +90,17 @@ func (s *Service) Adopt(rec *Record) bool {
 		return false
 	}
 	s.log.Info("request taken over", "request_id", p.idStr, "key", p.key.ShortString(), "here", len(have))
-	// An answer given here while nobody owned the request: it counts now.
-	switch {
-	case ho.Response != nil:
-		s.Respond(ho.By, ho.Response)
-	case ho.Reject != nil:
-		s.Reject(ho.By, ho.Reject)
+	// Answers given here while nobody owned the request: they count now,
+	// and the first valid one ends it.
+	for _, a := range ho.Answers {
+		switch {
+		case a.Response != nil:
+			if ferr := s.Respond(a.By, a.Response); ferr != nil && ferr.Code == protocol.CodeInvalidSignature {
+				a.By.Send(ferr.Frame())
+			}
+		case a.Reject != nil:
+			s.Reject(a.By, a.Reject)
+		}
 	}
 	return true
 }

@@ -463,3 +463,41 @@ func TestClusterPublicKeyRateLimit(t *testing.T) {
 	verifyResult(t, awaitResp(t, res), h.pub, []byte("first"))
 	expectError(t, n[0].post(signBody(h.pub, []byte("second"), nil)), http.StatusTooManyRequests, "rate_limited")
 }
+
+// An invalid answer from a connection on another node: the owner, which
+// alone verifies a cross-node signature, tells the key holder, with the
+// request_id; the connection may not answer that request again (as on one
+// node: unknown_request), another connection's valid answer still wins,
+// and the one that failed gets sign_cancel like any other recipient.
+func TestClusterInvalidAnswerRefusedByTheOwner(t *testing.T) {
+	one := startRelay(t, nil)
+	n := startCluster(t, 2, nil)
+	for _, tc := range []struct {
+		name             string
+		backend, holders *relay
+	}{
+		{"one node", one, one},
+		{"other node", n[0].relay, n[1].relay},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := tc.holders.connect(t, nil)
+			b := tc.holders.connect(t, a.priv)
+			msg := []byte("refused by the owner")
+			res := tc.backend.signAsync(signBody(a.pub, msg, nil))
+			ra, rb := a.expect(protocol.TypeSignRequest), b.expect(protocol.TypeSignRequest)
+			id := ra.str("request_id")
+			a.badAnswer(ra)
+			if e := a.expectError(protocol.CodeInvalidSignature); e.str("request_id") != id {
+				t.Fatalf("error %v, want request_id %s", e, id)
+			}
+			a.approve(ra)
+			if e := a.expectError(protocol.CodeUnknownRequest); e.str("request_id") != id {
+				t.Fatalf("error %v, want request_id %s", e, id)
+			}
+			b.approve(rb)
+			verifyResult(t, awaitResp(t, res), a.pub, msg)
+			a.expectCancel(id, protocol.CancelAnsweredElsewhere)
+			b.noMore(protocol.TypeSignCancel)
+		})
+	}
+}
