@@ -106,6 +106,20 @@ type held struct {
 	due      time.Time
 }
 
+// dropSentLocked forgets what session forwarded: it closed, and an
+// answer of a closed connection is not sent again (the owner, hearing it
+// late, would count the connection as a recipient again).
+func (h *held) dropSentLocked(session string) {
+	kept := h.sent[:0]
+	for _, e := range h.sent {
+		if e.Session != session {
+			kept = append(kept, e)
+		}
+	}
+	clear(h.sent[len(kept):])
+	h.sent = kept
+}
+
 // sessionsLocked lists the sessions of h's recipients here.
 func (h *held) sessionsLocked() []string {
 	ss := make([]string, 0, len(h.recipients))
@@ -426,7 +440,7 @@ func (b *Bus) onNodeMsg(m *nats.Msg) {
 		r := remote{node: e.Node, session: e.Session, key: key}
 		b.noteRemote(e.ID, r)
 		if ferr := b.svc.RemoteAnswer(e.ID, r, e.Sig); ferr != nil {
-			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgRefused, ID: e.ID, Key: e.Key, Node: b.node, Session: e.Session, Reason: ferr.Message})
+			b.publish(b.nodeSubject(e.Node, "in"), "", &envelope{T: msgRefused, ID: e.ID, Key: e.Key, Node: b.node, Session: e.Session, Reason: ferr.Code})
 		}
 	case msgReject:
 		if len(e.Sessions) > 0 && !b.attached(e.Node, attachment{ID: e.ID, Key: e.Key, Sessions: e.Sessions}) {
@@ -890,6 +904,7 @@ func (b *Bus) Detached(c registry.Holder) {
 			delete(h.recipients, c)
 			delete(h.answered, c)
 			delete(h.failed, c)
+			h.dropSentLocked(c.SessionID())
 			tells = append(tells, tell{h.id, h.owner})
 		}
 	}
@@ -941,6 +956,11 @@ func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.Fra
 		e.Sig = f.Signature
 	}
 	b.mu.Lock()
+	if b.heldByID[h.id] != h {
+		// Taken over here meanwhile (Adopt): the service has it now.
+		b.mu.Unlock()
+		return b.svc.Respond(c, f)
+	}
 	b.answeredLocked(h, c, e, ferr == nil)
 	if ferr != nil {
 		if h.failed == nil {
@@ -966,31 +986,52 @@ func (b *Bus) answeredLocked(h *held, c registry.Holder, e *envelope, keep bool)
 	}
 }
 
-// refused: the owner found that a recipient's signature does not verify.
-// The key holder gets the error the owner sent, whether or not the
-// request has ended here meanwhile (an invalid answer can end it: 502).
+// refused: the owner did not take a recipient's answer, because its
+// signature does not verify (invalid_signature) or because the request
+// had ended when the answer came (unknown_request, as on one node). The
+// key holder gets that error once, whether or not the request has ended
+// here meanwhile (an invalid answer can end it: 502).
 func (b *Bus) refused(e envelope, key protocol.PublicKey) {
+	var ferr *protocol.FrameError
+	switch e.Reason {
+	case protocol.CodeInvalidSignature:
+		ferr = protocol.BadSignature(e.ID)
+	case protocol.CodeUnknownRequest:
+		ferr = protocol.UnknownRequest(e.ID)
+	default:
+		return
+	}
 	var to registry.Holder
+	known := false
 	b.mu.Lock()
 	if h := b.heldByID[e.ID]; h != nil {
-		for c := range h.recipients {
-			if c.SessionID() == e.Session {
-				to = c
-				if h.failed == nil {
-					h.failed = make(map[registry.Holder]struct{}, 1)
-				}
-				h.failed[c] = struct{}{}
-				break
-			}
-		}
+		known = true
 		for i, s := range h.sent {
 			if s.Session == e.Session && s.T == msgAnswer {
 				h.sent = append(h.sent[:i], h.sent[i+1:]...)
+				known = false // the first word on this answer
+				break
+			}
+		}
+		for c := range h.recipients {
+			if c.SessionID() == e.Session {
+				if !known {
+					to = c
+				}
+				if ferr.Code == protocol.CodeInvalidSignature {
+					if h.failed == nil {
+						h.failed = make(map[registry.Holder]struct{}, 1)
+					}
+					h.failed[c] = struct{}{}
+				}
 				break
 			}
 		}
 	}
 	b.mu.Unlock()
+	if known {
+		return // a refusal of an answer sent again: the holder heard it
+	}
 	if to == nil {
 		for _, c := range b.reg.Holders(key) {
 			if c.SessionID() == e.Session {
@@ -1000,7 +1041,7 @@ func (b *Bus) refused(e envelope, key protocol.PublicKey) {
 		}
 	}
 	if to != nil {
-		to.Send(protocol.EncodeError(protocol.CodeInvalidSignature, e.Reason, e.ID))
+		to.Send(ferr.Frame())
 	}
 }
 
@@ -1015,8 +1056,9 @@ func (b *Bus) reportWithLocked(h *held, e *envelope) {
 
 // Adopt implements signing.Bus: this node takes over request id, which
 // it held for a node that died. Its local recipients become the service's
-// own, and the answer or reject one of them forwarded to the dead owner is
-// handed back to be counted.
+// own (those whose answer was refused stay refused), and the answers and
+// rejects they forwarded that the dead owner never refused are handed
+// back to be counted, in the order they came.
 func (b *Bus) Adopt(id string) signing.Handover {
 	b.mu.Lock()
 	h := b.forgetHeldLocked(id)
@@ -1027,8 +1069,9 @@ func (b *Bus) Adopt(id string) signing.Handover {
 	var out signing.Handover
 	by := make(map[string]registry.Holder, len(h.recipients))
 	for c := range h.recipients {
-		if _, bad := h.failed[c]; !bad {
-			out.Have = append(out.Have, c)
+		out.Have = append(out.Have, c)
+		if _, bad := h.failed[c]; bad {
+			out.Failed = append(out.Failed, c)
 		}
 		by[c.SessionID()] = c
 	}
@@ -1055,6 +1098,10 @@ func (b *Bus) Reject(c registry.Holder, f *protocol.SignReject) *protocol.FrameE
 	}
 	e := &envelope{T: msgReject, ID: h.id, Key: keyBytes(h.key), Node: b.node, Session: c.SessionID(), Reason: f.Reason}
 	b.mu.Lock()
+	if b.heldByID[h.id] != h {
+		b.mu.Unlock()
+		return b.svc.Reject(c, f)
+	}
 	b.answeredLocked(h, c, e, true)
 	b.mu.Unlock()
 	b.publish(b.nodeSubject(h.owner, "in"), "", e)

@@ -40,7 +40,7 @@ const (
 	msgHello                       // holder node → owners: a connection of the key was introduced
 	msgPing                        // either way: which of these requests have ended?
 	msgPong                        // the answer to a ping
-	msgRefused                     // owner → holder node: that answer's signature does not verify
+	msgRefused                     // owner → holder node: that answer was not taken (Reason: the error code)
 	msgLast     = msgRefused
 )
 

@@ -50,27 +50,28 @@ func (s *Service) AddRemote(id string, h Remote) bool {
 // node, gave to the request id made here. Its node has checked that the
 // message is the requested one (sig is nil when it was not, and it told
 // the key holder so); the signature is verified here, the only place it
-// is, since the owner alone decides and the answer crossed the bus. The error is the invalid_signature
-// frame the key holder must get when sig was given and does not verify,
-// else nil.
+// is, since the owner alone decides and the answer crossed the bus. The
+// result is the error frame the key holder must get for an answer with a
+// signature: invalid_signature when it does not verify, unknown_request
+// when the request is over, as on one node; nil when it was taken, or
+// when sig is nil.
 func (s *Service) RemoteAnswer(id string, h Remote, sig []byte) *protocol.FrameError {
 	p, failed := s.remoteRecipient(id, h)
-	if failed && sig != nil {
+	switch {
+	case failed && sig != nil:
 		// The same answer again: the error for it was lost on the way.
 		return protocol.BadSignature(id)
-	}
-	if p == nil {
+	case p == nil && sig != nil:
+		// Over before the answer came: as on one node.
+		return protocol.UnknownRequest(id)
+	case p == nil:
 		return nil
 	}
 	if sig == nil {
 		s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: []byte{}})
 		return nil
 	}
-	ferr := s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
-	if ferr != nil && ferr.Code != protocol.CodeInvalidSignature {
-		return nil
-	}
-	return ferr
+	return s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
 }
 
 // RemoteReject handles a sign_reject that h, a connection on another node,

@@ -14,8 +14,9 @@ func (remoteHolder) Node() string { return "other" }
 
 // The owner verifies a remote answer and returns the error its key holder
 // must hear; an answer that did not echo the message (sig nil) was refused
-// by its own node already, and one sent again after its error (the error
-// was lost on the bus) gets the error again and does not count twice.
+// by its own node already, one sent again after its error (the error was
+// lost on the bus) gets the error again and does not count twice, and one
+// that comes after the end is unknown_request, as on one node.
 func TestRemoteAnswerVerdicts(t *testing.T) {
 	s, _ := setup(t, Options{})
 	a, b := attachPair(t, s)
@@ -46,7 +47,10 @@ func TestRemoteAnswerVerdicts(t *testing.T) {
 	if res := await(t, ch); res.err != nil {
 		t.Fatal(res.err)
 	}
-	if fe := s.RemoteAnswer(id, r, bad); fe != nil {
-		t.Fatalf("after the end: %+v, want nil (its node hears the end)", fe)
+	if fe := s.RemoteAnswer(id, r, bad); fe == nil || fe.Code != protocol.CodeUnknownRequest {
+		t.Fatalf("after the end: %+v, want unknown_request, as on one node", fe)
+	}
+	if fe := s.RemoteAnswer(id, q, nil); fe != nil {
+		t.Fatalf("after the end, an answer its node refused: %+v, want nil", fe)
 	}
 }

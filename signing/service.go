@@ -70,6 +70,7 @@ type Bus interface {
 // owner that may never have heard them), in the order they came.
 type Handover struct {
 	Have    []registry.Holder
+	Failed  []registry.Holder // of Have: answered with a signature that did not verify
 	Answers []Answer
 }
 

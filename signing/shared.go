@@ -85,21 +85,30 @@ func (s *Service) Adopt(rec *Record) bool {
 	for _, h := range ho.Have {
 		have[h] = struct{}{}
 	}
+	if len(ho.Failed) > 0 {
+		p.failed = make(map[registry.Holder]struct{}, len(ho.Failed))
+		for _, h := range ho.Failed {
+			p.failed[h] = struct{}{}
+		}
+	}
 	if err := s.publish(p, have); err != nil {
 		s.unmake(p, err)
 		return false
 	}
 	s.log.Info("request taken over", "request_id", p.idStr, "key", p.key.ShortString(), "here", len(have))
 	// Answers given here while nobody owned the request: they count now,
-	// and the first valid one ends it.
+	// and the first valid one ends it. Nobody has told their key holders
+	// anything of them yet: each gets its error, as on one node.
 	for _, a := range ho.Answers {
+		var ferr *protocol.FrameError
 		switch {
 		case a.Response != nil:
-			if ferr := s.Respond(a.By, a.Response); ferr != nil && ferr.Code == protocol.CodeInvalidSignature {
-				a.By.Send(ferr.Frame())
-			}
+			ferr = s.Respond(a.By, a.Response)
 		case a.Reject != nil:
-			s.Reject(a.By, a.Reject)
+			ferr = s.Reject(a.By, a.Reject)
+		}
+		if ferr != nil {
+			a.By.Send(ferr.Frame())
 		}
 	}
 	return true
