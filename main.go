@@ -21,6 +21,7 @@ import (
 	"github.com/signrelay/signrelay/httpapi"
 	"github.com/signrelay/signrelay/internal/buildinfo"
 	"github.com/signrelay/signrelay/internal/healthcheck"
+	"github.com/signrelay/signrelay/internal/memtrim"
 	"github.com/signrelay/signrelay/signing"
 )
 
@@ -98,6 +99,14 @@ func run() error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	// A quiet relay keeps less heap headroom (docs/deploy.md).
+	trimCtx, stopTrim := context.WithCancel(context.Background())
+	defer stopTrim()
+	if !memtrim.Chosen(os.Getenv) {
+		go memtrim.New(memtrim.Default, func(n uint64) {
+			log.Debug("quiet: heap memory returned to the system", "bytes", n)
+		}).Run(trimCtx)
+	}
 
 	select {
 	case err := <-serveErr:
