@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"crypto/ed25519"
+	"encoding/base64"
 	"testing"
 	"time"
 
@@ -107,6 +109,66 @@ func TestClusterShutdownEndsBlockingLeavesAsync(t *testing.T) {
 	for _, f := range h.barrier() {
 		if f.str("request_id") == async.str("request_id") {
 			t.Fatalf("the holder was told %v about a request left for takeover", f)
+		}
+	}
+}
+
+// §A.7 with answers in the gap: the owner of an asynchronous request is
+// gone, and two connections on another node answer before any node has
+// taken it over, one with a bad signature, then one with a good one. Both
+// answers were sent to the gone owner and heard by nobody; the node that
+// takes the request over counts both, in order: the first holder gets its
+// invalid_signature then (nobody verified it before), the second's
+// signature ends the request, and nobody is asked again.
+func TestClusterAnswersInTheTakeoverGapCountInOrder(t *testing.T) {
+	n := startCluster(t, 3, nil)
+	waitStores(t, n)
+	a := n[1].connect(t, nil)
+	b := n[1].connect(t, a.priv)
+	msg := []byte("answered while nobody owned it")
+	res := n[0].mustCall(t, "POST", "/sign", testAPIKey, asyncBody(a.pub, msg, nil), nil)
+	if res.Status != 202 {
+		t.Fatalf("POST /sign: %d %s", res.Status, res.Raw)
+	}
+	id := res.str("request_id")
+	ra, rb := a.expect(protocol.TypeSignRequest), b.expect(protocol.TypeSignRequest)
+	n[0].shutdown()
+	a.badAnswer(ra)
+	// a's read loop has handled the answer when it answers the barrier:
+	// b's answer comes after it.
+	if fs := a.barrier(); len(fs) > 0 {
+		t.Fatalf("frames before the takeover: %v", fs)
+	}
+	b.approve(rb)
+	// The error, and the cancel for the answer that won, in either order:
+	// the node that took it over may be another one (see cluster.md).
+	for seen := map[string]bool{}; !seen[protocol.TypeError] || !seen[protocol.TypeSignCancel]; {
+		f, err := a.read()
+		if err != nil {
+			t.Fatalf("waiting for the error and the cancel: %v", err)
+		}
+		switch {
+		case f.str("request_id") != id:
+			t.Fatalf("got %v, want frames about %s", f, id)
+		case f.str("type") != protocol.TypeError && f.str("type") != protocol.TypeSignCancel,
+			f.str("type") == protocol.TypeError && f.str("code") != protocol.CodeInvalidSignature,
+			f.str("type") == protocol.TypeSignCancel && f.str("reason") != protocol.CancelAnsweredElsewhere,
+			seen[f.str("type")]:
+			t.Fatalf("got %v", f)
+		}
+		seen[f.str("type")] = true
+	}
+	got := n[2].mustCall(t, "GET", "/sign/"+id+"?wait_ms=10000", testAPIKey, nil, nil)
+	checkResource(t, got, "signed", a.pub, msg)
+	sig, err := base64.StdEncoding.DecodeString(got.str("signature"))
+	if err != nil || !ed25519.Verify(a.pub, msg, sig) {
+		t.Fatalf("signature %q does not verify", got.str("signature"))
+	}
+	for _, h := range []*holder{a, b} {
+		for _, f := range h.barrier() {
+			if f.str("type") == protocol.TypeSignRequest {
+				t.Fatalf("asked again after the takeover: %v", f)
+			}
 		}
 	}
 }
