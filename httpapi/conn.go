@@ -132,9 +132,16 @@ type holderConn struct {
 	closeCode int  // the close frame to send after the queue (stateClosing)
 	closeMsg  string
 	pinger    *time.Timer
-	pingDue   bool // the writer sends a ping before the queue
 
 	writers sync.WaitGroup // the queue's writer and CloseNow's goroutine
+
+	// pingDue: the writer sends a ping before its next frame. Set under
+	// mu (with the writer started), taken by the writer between frames,
+	// so a ping does not wait behind a long batch for a slow reader.
+	pingDue atomic.Bool
+	// wmu serialises writeNow: the handshake writes on the handler's
+	// goroutine, and a Close during it starts the writer.
+	wmu sync.Mutex
 }
 
 func newHolderConn(s *Server, ws *websocket.Conn, ip string) *holderConn {
@@ -172,7 +179,7 @@ func (c *holderConn) release() {
 	if c.state == stateHandshake {
 		c.state = stateOpen
 	}
-	if len(c.queue) > 0 || c.pingDue || c.state == stateClosing {
+	if len(c.queue) > 0 || c.pingDue.Load() || c.state == stateClosing {
 		c.startWriterLocked()
 	}
 }
@@ -219,9 +226,9 @@ func (c *holderConn) drain() {
 	defer c.writers.Done()
 	for {
 		c.mu.Lock()
-		batch, ping := c.queue, c.pingDue
-		c.queue, c.pingDue = nil, false
-		if (len(batch) == 0 && !ping) || c.state == stateClosed {
+		batch := c.queue
+		c.queue = nil
+		if (len(batch) == 0 && !c.pingDue.Load()) || c.state == stateClosed {
 			sendClose := c.state == stateClosing
 			code, msg := c.closeCode, c.closeMsg
 			if sendClose {
@@ -237,10 +244,13 @@ func (c *holderConn) drain() {
 			return
 		}
 		c.mu.Unlock()
-		if ping && !c.write(nil) {
+		if c.pingDue.Swap(false) && !c.write(nil) {
 			return
 		}
 		for _, f := range batch {
+			if c.pingDue.Swap(false) && !c.write(nil) {
+				return
+			}
 			if !c.write(f) {
 				return
 			}
@@ -342,12 +352,14 @@ func (c *holderConn) abort() {
 }
 
 // writeNow writes one frame synchronously, a ping when frame is nil; only
-// the handshake and the writer goroutine call it, never both at once.
+// the handshake and the writer goroutine call it.
 // A ping goes this way, not through WriteControl, because WriteControl
 // allocates its frame each time and this path uses the pooled buffer:
 // with a ping every 20 s, 144 bytes per idle connection per ping were
 // most of what an idle relay allocated.
 func (c *holderConn) writeNow(frame []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	_ = c.ws.SetWriteDeadline(time.Now().Add(c.srv.cfg.WebSocket.WriteTimeout.D()))
 	if frame == nil {
 		return c.ws.WriteMessage(websocket.PingMessage, nil)
@@ -399,7 +411,7 @@ func (c *holderConn) startPinger() {
 		if c.state >= stateClosing {
 			return
 		}
-		c.pingDue = true
+		c.pingDue.Store(true)
 		c.startWriterLocked()
 		c.pinger.Reset(interval)
 	})
