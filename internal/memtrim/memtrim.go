@@ -3,11 +3,12 @@
 //
 // A relay's memory is mostly idle connections, and they arrive in bursts:
 // a deploy or a network blip reconnects every browser tab at once. With
-// the default GOGC of 100 the heap may grow to twice what is live before
-// the collector runs, and the pages it frees stay with the process (Go's
-// scavenger returns memory only above that goal). At 19,000 idle
-// connections that headroom is about 1.5 KiB per connection, for
-// garbage that an idle relay makes slowly, if at all.
+// the default GOGC of 100 the heap may grow by as much as is live (heap,
+// stacks and globals) before the collector runs, and the pages it frees
+// stay with the process (Go's scavenger returns memory only above that
+// goal). At 19,000 idle connections releasing them gives back about
+// 0.8 KiB per connection, kept for garbage that an idle relay makes
+// slowly, if at all.
 //
 // A Trimmer reads the runtime's own figures every second. When so little
 // is allocated that a collection at the default GOGC would come less than
@@ -16,9 +17,10 @@
 // once (debug.FreeOSMemory, one collection); from then on the runtime's
 // scavenger keeps them near the lower goal. When the rate of allocation
 // rises again it restores GOGC at once, so a busy relay runs as without
-// it. The cost while quiet is a collection at most every
-// QuietGap × QuietPercent/100 (quiet means the rate is that low), plus
-// one per quiet period, at most one per MinGap.
+// it (after at most Every at the lower GOGC). The cost while quiet is a
+// collection at most every QuietGap/2 × QuietPercent/100 (the process
+// stays quiet up to twice the entering rate), plus one forced per quiet
+// period, at most one per MinGap.
 //
 // Garbage that was live at the last collection cannot be told from live
 // objects without another one; it is given back after the runtime's next
@@ -44,7 +46,9 @@ type Policy struct {
 	// once in this long; busy again when more often than once in half of
 	// it.
 	QuietGap time.Duration
-	// BusyPercent and QuietPercent are the GOGC values of the two states.
+	// BusyPercent is the GOGC that QuietGap is measured at (the setting
+	// in force when quiet begins is what is restored); QuietPercent is
+	// the GOGC while quiet.
 	BusyPercent, QuietPercent int
 	// MinFree: less than this to give back (free memory, and garbage a
 	// collection would free) is not worth a release.
@@ -70,6 +74,7 @@ type Sample struct {
 	Free      uint64 // heap memory free and not yet returned to the OS
 	Objects   uint64 // heap memory occupied by objects, dead ones not yet swept included
 	Live      uint64 // the live heap as the last collection found it
+	Scan      uint64 // what the pacer's goal grows with: Live, stacks and globals
 	Allocated uint64 // bytes allocated since the process started
 }
 
@@ -89,16 +94,20 @@ func (s Sample) Releasable() uint64 {
 // is the state before it (the two thresholds differ, so that a rate near
 // one does not flip the state every second).
 func (p Policy) Quiet(prev, cur Sample, wasQuiet bool) bool {
-	if prev.At.IsZero() || !cur.At.After(prev.At) || cur.Objects == 0 {
+	base := cur.Scan
+	if base == 0 {
+		base = cur.Objects
+	}
+	if prev.At.IsZero() || !cur.At.After(prev.At) || base == 0 {
 		return wasQuiet
 	}
 	var rate float64 // bytes per second
 	if cur.Allocated > prev.Allocated {
 		rate = float64(cur.Allocated-prev.Allocated) / cur.At.Sub(prev.At).Seconds()
 	}
-	// At BusyPercent a collection comes after about Objects ×
-	// BusyPercent/100 bytes.
-	budget := float64(cur.Objects) * float64(p.BusyPercent) / 100
+	// At BusyPercent a collection comes after (live heap + stacks +
+	// globals) × BusyPercent/100 bytes of allocation (the pacer's goal).
+	budget := float64(base) * float64(p.BusyPercent) / 100
 	gap := p.QuietGap.Seconds()
 	if wasQuiet {
 		gap /= 2
@@ -114,6 +123,7 @@ type Trimmer struct {
 
 	// Owned by Run (or the caller of Check).
 	quiet    bool
+	restore  int  // the GOGC in force when the process became quiet
 	released bool // since the process last became quiet
 	prev     Sample
 	last     time.Time // of the last release
@@ -129,6 +139,8 @@ func New(policy Policy, onRelease func(bytes uint64)) *Trimmer {
 		{Name: "/gc/heap/live:bytes"},
 		{Name: "/gc/heap/allocs:bytes"},
 		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/gc/scan/stack:bytes"},
+		{Name: "/gc/scan/globals:bytes"},
 	}}
 }
 
@@ -138,8 +150,8 @@ func Chosen(getenv func(string) string) bool {
 	return getenv("GOGC") != "" || getenv("GOMEMLIMIT") != ""
 }
 
-// Run checks every policy.Every until ctx is done, then restores
-// BusyPercent.
+// Run checks every policy.Every until ctx is done, then restores the GOGC
+// it found.
 func (t *Trimmer) Run(ctx context.Context) {
 	tick := time.NewTicker(t.policy.Every)
 	defer tick.Stop()
@@ -147,7 +159,7 @@ func (t *Trimmer) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			if t.quiet {
-				debug.SetGCPercent(t.policy.BusyPercent)
+				debug.SetGCPercent(t.restore)
 				t.quiet = false
 			}
 			return
@@ -165,18 +177,19 @@ func (t *Trimmer) Check(now time.Time) bool {
 	t.prev = cur
 	switch {
 	case quiet && !t.quiet:
-		debug.SetGCPercent(t.policy.QuietPercent)
+		t.restore = debug.SetGCPercent(t.policy.QuietPercent)
 		t.released = false
 	case !quiet && t.quiet:
-		debug.SetGCPercent(t.policy.BusyPercent)
+		debug.SetGCPercent(t.restore)
 	}
 	t.quiet = quiet
 	if quiet && !t.released && cur.Releasable() >= t.policy.MinFree && (t.last.IsZero() || now.Sub(t.last) >= t.policy.MinGap) {
+		start := time.Now()
 		debug.FreeOSMemory()
 		t.last, t.released = now, true
 		// The collection's own work is not the process's allocation:
 		// the next period starts after it.
-		after, releasedAfter := t.read(time.Now())
+		after, releasedAfter := t.read(now.Add(time.Since(start)))
 		t.prev = after
 		if t.onRelease != nil && releasedAfter > released {
 			t.onRelease(releasedAfter - released)
@@ -187,7 +200,11 @@ func (t *Trimmer) Check(now time.Time) bool {
 
 func (t *Trimmer) read(now time.Time) (s Sample, released uint64) {
 	metrics.Read(t.samples)
-	return Sample{At: now, Free: value(t.samples[0]), Objects: value(t.samples[1]), Live: value(t.samples[2]), Allocated: value(t.samples[3])}, value(t.samples[4])
+	live := value(t.samples[2])
+	return Sample{
+		At: now, Free: value(t.samples[0]), Objects: value(t.samples[1]), Live: live,
+		Scan: live + value(t.samples[5]) + value(t.samples[6]), Allocated: value(t.samples[3]),
+	}, value(t.samples[4])
 }
 
 func value(s metrics.Sample) uint64 {
