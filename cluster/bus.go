@@ -106,18 +106,29 @@ type held struct {
 	due      time.Time
 }
 
-// dropSentLocked forgets what session forwarded: it closed, and an
-// answer of a closed connection is not sent again (the owner, hearing it
-// late, would count the connection as a recipient again).
-func (h *held) dropSentLocked(session string) {
+// dropSentLocked forgets what session forwarded, and reports whether
+// there was anything: a refused answer is not sent again, nor an answer
+// of a closed connection (the owner, hearing it late, would count the
+// connection as a recipient again).
+func (h *held) dropSentLocked(session string) bool {
 	kept := h.sent[:0]
 	for _, e := range h.sent {
 		if e.Session != session {
 			kept = append(kept, e)
 		}
 	}
+	dropped := len(kept) < len(h.sent)
 	clear(h.sent[len(kept):])
 	h.sent = kept
+	return dropped
+}
+
+// failLocked records that c's answer is invalid.
+func (h *held) failLocked(c registry.Holder) {
+	if h.failed == nil {
+		h.failed = make(map[registry.Holder]struct{}, 1)
+	}
+	h.failed[c] = struct{}{}
 }
 
 // sessionsLocked lists the sessions of h's recipients here.
@@ -963,10 +974,7 @@ func (b *Bus) Respond(c registry.Holder, f *protocol.SignResponse) *protocol.Fra
 	}
 	b.answeredLocked(h, c, e, ferr == nil)
 	if ferr != nil {
-		if h.failed == nil {
-			h.failed = make(map[registry.Holder]struct{}, 1)
-		}
-		h.failed[c] = struct{}{}
+		h.failLocked(c)
 	}
 	b.mu.Unlock()
 	b.publish(b.nodeSubject(h.owner, "in"), "", e)
@@ -989,8 +997,9 @@ func (b *Bus) answeredLocked(h *held, c registry.Holder, e *envelope, keep bool)
 // refused: the owner did not take a recipient's answer, because its
 // signature does not verify (invalid_signature) or because the request
 // had ended when the answer came (unknown_request, as on one node). The
-// key holder gets that error once, whether or not the request has ended
-// here meanwhile (an invalid answer can end it: 502).
+// key holder gets that error once: the first word on an answer it
+// forwarded, or any word once the request has ended here (an invalid
+// answer can end it: 502), when there is nothing left to tell by.
 func (b *Bus) refused(e envelope, key protocol.PublicKey) {
 	var ferr *protocol.FrameError
 	switch e.Reason {
@@ -1002,47 +1011,27 @@ func (b *Bus) refused(e envelope, key protocol.PublicKey) {
 		return
 	}
 	var to registry.Holder
-	known := false
+	for _, c := range b.reg.Holders(key) {
+		if c.SessionID() == e.Session {
+			to = c
+			break
+		}
+	}
+	if to == nil {
+		return // it closed
+	}
 	b.mu.Lock()
 	if h := b.heldByID[e.ID]; h != nil {
-		known = true
-		for i, s := range h.sent {
-			if s.Session == e.Session && s.T == msgAnswer {
-				h.sent = append(h.sent[:i], h.sent[i+1:]...)
-				known = false // the first word on this answer
-				break
-			}
+		if !h.dropSentLocked(e.Session) {
+			b.mu.Unlock()
+			return // a refusal of an answer sent again: the holder heard it
 		}
-		for c := range h.recipients {
-			if c.SessionID() == e.Session {
-				if !known {
-					to = c
-				}
-				if ferr.Code == protocol.CodeInvalidSignature {
-					if h.failed == nil {
-						h.failed = make(map[registry.Holder]struct{}, 1)
-					}
-					h.failed[c] = struct{}{}
-				}
-				break
-			}
+		if ferr.Code == protocol.CodeInvalidSignature {
+			h.failLocked(to)
 		}
 	}
 	b.mu.Unlock()
-	if known {
-		return // a refusal of an answer sent again: the holder heard it
-	}
-	if to == nil {
-		for _, c := range b.reg.Holders(key) {
-			if c.SessionID() == e.Session {
-				to = c
-				break
-			}
-		}
-	}
-	if to != nil {
-		to.Send(ferr.Frame())
-	}
+	to.Send(ferr.Frame())
 }
 
 // reportWithLocked: the first answer (or reject) carries the recipients

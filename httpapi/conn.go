@@ -244,18 +244,21 @@ func (c *holderConn) drain() {
 			return
 		}
 		c.mu.Unlock()
-		if c.pingDue.Swap(false) && !c.write(nil) {
+		if !c.pingIfDue() {
 			return
 		}
 		for _, f := range batch {
-			if c.pingDue.Swap(false) && !c.write(nil) {
-				return
-			}
-			if !c.write(f) {
+			if !c.write(f) || !c.pingIfDue() {
 				return
 			}
 		}
 	}
+}
+
+// pingIfDue writes the ping that is due, if one is; false when the write
+// failed and the writer must stop.
+func (c *holderConn) pingIfDue() bool {
+	return !c.pingDue.Swap(false) || c.write(nil)
 }
 
 // write is the writer's writeNow: on a failure the connection is closed,

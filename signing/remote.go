@@ -67,11 +67,15 @@ func (s *Service) RemoteAnswer(id string, h Remote, sig []byte) *protocol.FrameE
 	case p == nil:
 		return nil
 	}
-	if sig == nil {
-		s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: []byte{}})
+	told := sig == nil // its node told the key holder
+	if told {
+		sig = []byte{}
+	}
+	ferr := s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
+	if told {
 		return nil
 	}
-	return s.Respond(h, &protocol.SignResponse{RequestID: id, Message: p.message, Signature: sig})
+	return ferr
 }
 
 // RemoteReject handles a sign_reject that h, a connection on another node,

@@ -76,6 +76,7 @@ type Sample struct {
 	Live      uint64 // the live heap as the last collection found it
 	Scan      uint64 // what the pacer's goal grows with: Live, stacks and globals
 	Allocated uint64 // bytes allocated since the process started
+	Released  uint64 // heap memory returned to the OS
 }
 
 // Releasable is what a collection and a release would give back: the free
@@ -94,11 +95,7 @@ func (s Sample) Releasable() uint64 {
 // is the state before it (the two thresholds differ, so that a rate near
 // one does not flip the state every second).
 func (p Policy) Quiet(prev, cur Sample, wasQuiet bool) bool {
-	base := cur.Scan
-	if base == 0 {
-		base = cur.Objects
-	}
-	if prev.At.IsZero() || !cur.At.After(prev.At) || base == 0 {
+	if prev.At.IsZero() || !cur.At.After(prev.At) || cur.Scan == 0 {
 		return wasQuiet
 	}
 	var rate float64 // bytes per second
@@ -107,7 +104,7 @@ func (p Policy) Quiet(prev, cur Sample, wasQuiet bool) bool {
 	}
 	// At BusyPercent a collection comes after (live heap + stacks +
 	// globals) × BusyPercent/100 bytes of allocation (the pacer's goal).
-	budget := float64(base) * float64(p.BusyPercent) / 100
+	budget := float64(cur.Scan) * float64(p.BusyPercent) / 100
 	gap := p.QuietGap.Seconds()
 	if wasQuiet {
 		gap /= 2
@@ -130,7 +127,7 @@ type Trimmer struct {
 	samples  []metrics.Sample
 }
 
-// New returns a Trimmer for policy; released, if not nil, hears the bytes
+// New returns a Trimmer for policy; onRelease, if not nil, hears the bytes
 // each release returned to the operating system (for a log line).
 func New(policy Policy, onRelease func(bytes uint64)) *Trimmer {
 	return &Trimmer{policy: policy, onRelease: onRelease, samples: []metrics.Sample{
@@ -172,7 +169,7 @@ func (t *Trimmer) Run(ctx context.Context) {
 // Check reads the runtime's figures at now and moves between the busy and
 // the quiet state; it reports whether the process is quiet.
 func (t *Trimmer) Check(now time.Time) bool {
-	cur, released := t.read(now)
+	cur := t.read(now)
 	quiet := t.policy.Quiet(t.prev, cur, t.quiet)
 	t.prev = cur
 	switch {
@@ -189,22 +186,23 @@ func (t *Trimmer) Check(now time.Time) bool {
 		t.last, t.released = now, true
 		// The collection's own work is not the process's allocation:
 		// the next period starts after it.
-		after, releasedAfter := t.read(now.Add(time.Since(start)))
+		after := t.read(now.Add(time.Since(start)))
 		t.prev = after
-		if t.onRelease != nil && releasedAfter > released {
-			t.onRelease(releasedAfter - released)
+		if t.onRelease != nil && after.Released > cur.Released {
+			t.onRelease(after.Released - cur.Released)
 		}
 	}
 	return quiet
 }
 
-func (t *Trimmer) read(now time.Time) (s Sample, released uint64) {
+func (t *Trimmer) read(now time.Time) Sample {
 	metrics.Read(t.samples)
 	live := value(t.samples[2])
 	return Sample{
 		At: now, Free: value(t.samples[0]), Objects: value(t.samples[1]), Live: live,
-		Scan: live + value(t.samples[5]) + value(t.samples[6]), Allocated: value(t.samples[3]),
-	}, value(t.samples[4])
+		Scan:      live + value(t.samples[5]) + value(t.samples[6]),
+		Allocated: value(t.samples[3]), Released: value(t.samples[4]),
+	}
 }
 
 func value(s metrics.Sample) uint64 {
