@@ -16,24 +16,40 @@ const watchDelay = 20 * time.Millisecond
 // watchDisconnectAfter is watchDisconnect started after delay, unless the
 // returned stop is called first.
 func watchDisconnectAfter(delay time.Duration, conn net.Conn, gone func()) (stop func()) {
-	var mu sync.Mutex
-	done := false
-	var stopWatch func()
-	t := time.AfterFunc(delay, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !done {
-			stopWatch = watchDisconnect(conn, gone)
-		}
-	})
-	return func() {
-		t.Stop()
-		mu.Lock()
-		done = true
-		sw := stopWatch
-		mu.Unlock()
-		if sw != nil {
-			sw()
-		}
+	w := &delayedWatch{conn: conn, gone: gone}
+	w.timer = time.AfterFunc(delay, w.start)
+	return w.stop
+}
+
+// delayedWatch is one watchDisconnectAfter: a struct rather than closures
+// over locals, because it is armed on every blocking request and each
+// captured variable would be an allocation of its own.
+type delayedWatch struct {
+	conn  net.Conn
+	gone  func()
+	timer *time.Timer
+
+	mu sync.Mutex
+	// guards the following fields
+	done      bool
+	stopWatch func()
+}
+
+func (w *delayedWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.stopWatch = watchDisconnect(w.conn, w.gone)
+	}
+}
+
+func (w *delayedWatch) stop() {
+	w.timer.Stop()
+	w.mu.Lock()
+	w.done = true
+	sw := w.stopWatch
+	w.mu.Unlock()
+	if sw != nil {
+		sw()
 	}
 }

@@ -228,7 +228,8 @@ func (s *Server) sign(c *fiber.Ctx, call *signCall) error {
 	if err != nil {
 		status, code = mapSignError(err)
 	}
-	s.log.Debug("sign answered", "request_id", requestID, "status", status, "code", code, "replayed", h.Replayed, "ms", time.Since(start).Milliseconds())
+	s.log.LogAttrs(context.Background(), slog.LevelDebug, "sign answered", slog.String("request_id", requestID), slog.Int("status", status),
+		slog.String("code", code), slog.Bool("replayed", h.Replayed), slog.Int64("ms", time.Since(start).Milliseconds()))
 	if status == statusNoResponse {
 		c.Locals(localCode, code)
 		// Nobody is there to read an answer: close the connection

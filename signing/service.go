@@ -625,9 +625,12 @@ func (p *pending) record(ended bool) *Record {
 	r.Completed = p.completed
 	r.Status = statusOf(p.out.err)
 	r.Signature = p.out.sig
-	var re *RejectedError
-	if errors.As(p.out.err, &re) {
-		r.Reason = re.Reason
+	if p.out.err != nil {
+		// re escapes to errors.As: declared here, only a failure pays for it.
+		var re *RejectedError
+		if errors.As(p.out.err, &re) {
+			r.Reason = re.Reason
+		}
 	}
 	return r
 }
