@@ -418,8 +418,10 @@ func (s *Service) Start(ctx context.Context, req Request) (*Handle, error) {
 	if s.closing.Load() {
 		return nil, ErrShuttingDown
 	}
-	id := uuid.New()
-	if req.ID != "" {
+	var id uuid.UUID
+	if req.ID == "" {
+		id = uuid.New()
+	} else {
 		parsed, err := uuid.Parse(req.ID)
 		if err != nil {
 			return nil, err
