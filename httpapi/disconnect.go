@@ -16,9 +16,13 @@ const watchDelay = 20 * time.Millisecond
 // watchDisconnectAfter is watchDisconnect started after delay, unless the
 // returned stop is called first.
 func watchDisconnectAfter(delay time.Duration, conn net.Conn, gone func()) (stop func()) {
+	return startDelayedWatch(delay, conn, gone).stop
+}
+
+func startDelayedWatch(delay time.Duration, conn net.Conn, gone func()) *delayedWatch {
 	w := &delayedWatch{conn: conn, gone: gone}
 	w.timer = time.AfterFunc(delay, w.start)
-	return w.stop
+	return w
 }
 
 // delayedWatch is one watchDisconnectAfter: a struct rather than closures

@@ -93,3 +93,6 @@ func peerClosed(rc syscall.RawConn) bool {
 	})
 	return closed
 }
+
+// watchesSockets: watchDisconnect sees a backend go away on this platform.
+const watchesSockets = true

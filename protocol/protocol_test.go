@@ -46,8 +46,11 @@ func TestPublicKey(t *testing.T) {
 	if k.String() != base64.StdEncoding.EncodeToString(pub) || !bytes.Equal(k.Bytes(), pub) {
 		t.Fatal("round trip changed the key")
 	}
-	if !strings.HasPrefix(k.ShortString(), "k:") || len(k.ShortString()) != 10 {
-		t.Fatalf("short form %q", k.ShortString())
+	if want := "k:" + k.String()[:8]; k.ShortString() != want {
+		t.Fatalf("short form %q, want %q", k.ShortString(), want)
+	}
+	if n := testing.AllocsPerRun(10, func() { _ = k.ShortString() }); n > 1 {
+		t.Fatalf("ShortString allocates %v times", n)
 	}
 	msg := []byte("m")
 	if !k.Verify(msg, ed25519.Sign(priv, msg)) || k.Verify(msg, make([]byte, 64)) || k.Verify(msg, []byte{1}) {

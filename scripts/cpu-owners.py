@@ -4,12 +4,14 @@ issue 11, "the CPU floor").
 
     scripts/cpu-owners.py BINARY PROFILE [REQUESTS]
 
-Each sample goes to one owner: "verify" when ed25519 is anywhere on its
-stack; "kernel:X" when its leaf is a system call, X being the first owner
-above it; the runtime's scheduler and GC workers by name; otherwise the
-first frame from the leaf that belongs to our module, fasthttp, Fiber or
-the WebSocket libraries. Standard-library and runtime frames under such a
-frame (JSON, maps, malloc, timers) count for it. With REQUESTS (the load
+Each sample goes to one owner, the first rule that applies: "verify"
+when ed25519 is anywhere on its stack; "kernel:X" when its leaf is a
+system call, X being the first owner above it; "runtime:gc" for the GC's
+background workers; otherwise the first frame from the leaf that belongs
+to our module, fasthttp, Fiber or the WebSocket libraries, so that
+standard-library and runtime frames under such a frame (JSON, maps,
+malloc, timers) count for it; and what is left, by the runtime's
+scheduler or not. With REQUESTS (the load
 run's "whole run" count) each line also says microseconds per request.
 """
 import collections
@@ -33,6 +35,9 @@ def owner(fn):
 
 
 SCHED = {"runtime.mcall", "runtime.schedule", "runtime.park_m", "runtime.goexit0", "runtime.findRunnable"}
+# The runtime's own system calls, made from assembly rather than package syscall.
+RUNTIME_SYSCALLS = {"runtime.futex", "runtime.tgkill", "runtime.osyield", "runtime.usleep", "runtime.madvise",
+                    "runtime.nanosleep", "runtime.epollwait", "runtime.write1", "runtime.read", "runtime.mmap"}
 
 
 def main():
@@ -51,11 +56,11 @@ def main():
     for line in raw[raw.index("Locations") + 1:]:
         if line.startswith("Mappings"):
             break
-        m = re.match(r"\s*(\d+): 0x[0-9a-f]+ M=\d+ (\S+)", line)
+        m = re.match(r"\s*(\d+): 0x[0-9a-f]+ M=\d+(?: (\S+))?", line)
         if m:
             cur = int(m.group(1))
-            locs[cur] = [m.group(2)]
-        elif line.strip() and cur is not None:
+            locs[cur] = [m.group(2) or "?"]
+        elif line.startswith("             ") and line.strip() and cur is not None:
             locs[cur].append(line.split()[0])  # an inlined caller
     total, by = 0, collections.Counter()
     for ns, stack in samples:
@@ -64,7 +69,7 @@ def main():
         first = next((owner(f) for f in fns if owner(f)), None)
         if any(owner(f) == "verify" for f in fns):
             key = "verify"
-        elif fns and (fns[0].startswith("syscall.") or "Syscall6" in fns[0] or fns[0] == "runtime.futex"):
+        elif fns and (fns[0].startswith("syscall.") or "Syscall6" in fns[0] or fns[0] in RUNTIME_SYSCALLS):
             key = "kernel:" + (first or "runtime")
         elif any(f.startswith("runtime.gcBgMarkWorker") for f in fns):
             key = "runtime:gc"
