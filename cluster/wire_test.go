@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"reflect"
 	"testing"
+
+	"github.com/signrelay/signrelay/protocol"
 )
 
 // wireSamples are messages of every type as the bus builds them.
@@ -24,7 +26,7 @@ func wireSamples() []*envelope {
 		{T: msgPing},
 		{T: msgPing, Node: "bench-b", Refs: map[string][]byte{id: key, "other": key}},
 		{T: msgPong, Node: "bench-a", Ended: map[string]endInfo{id: {Reason: "timeout"}, "other": {Reason: "answered_elsewhere", WinNode: "n", WinSess: "s"}}},
-		{T: msgRefused, ID: id, Key: key, Node: "bench-a", Session: "s2", Reason: "signature does not verify against the public key and message"},
+		{T: msgRefused, ID: id, Key: key, Node: "bench-a", Session: "s2", Reason: protocol.CodeInvalidSignature},
 		{T: msgDeliver, Expires: -5},
 	}
 }
